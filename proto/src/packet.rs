@@ -1,0 +1,1 @@
+//! Data-plane packet formats (STUB, in progress).

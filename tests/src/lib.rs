@@ -1,0 +1,1 @@
+//! Warren NAT lab harness (in progress).
