@@ -12,6 +12,7 @@ pub mod engine;
 pub mod ids;
 pub mod noise;
 pub mod packet;
+pub mod probe;
 pub mod proof;
 pub mod replay;
 pub mod token;
