@@ -1,0 +1,264 @@
+//! Tests of the control client against a scripted coordinator on loopback.
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+
+use warren_proto::control::ErrorCode;
+use warren_proto::ids::{MeshIp, NodeId};
+use warren_proto::proof;
+
+use super::*;
+use crate::socket;
+use crate::testutil::server;
+
+/// What the scripted coordinator answers to Join/Login.
+#[derive(Clone, Copy)]
+enum Script {
+    Welcome,
+    Reject(ErrorCode),
+}
+
+fn record(id: u64) -> PeerRecord {
+    PeerRecord {
+        node_id: NodeId(id),
+        name: format!("n{id}"),
+        public_key: PrivateKey::from_random([id as u8; 32]).public_key(),
+        mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, id as u8)),
+        online: true,
+        candidates: vec![],
+    }
+}
+
+async fn read_node(recv: &mut quinn::RecvStream) -> NodeMessage {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0u8; control::frame_len(header).unwrap()];
+    recv.read_exact(&mut body).await.unwrap();
+    control::decode(&body).unwrap()
+}
+
+async fn write_coord(send: &mut quinn::SendStream, msg: &CoordMessage) {
+    send.write_all(&control::encode(msg)).await.unwrap();
+}
+
+/// Accepts one connection, runs the login with a real proof check, then (on Welcome) expects
+/// Candidates and pushes one PeerUpsert. Returns the request it received.
+async fn scripted(srv: quinn::Endpoint, script: Script) -> (NodeMessage, Vec<SocketAddr>) {
+    let conn = srv.accept().await.unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let NodeMessage::Hello {
+        version,
+        public_key,
+    } = read_node(&mut recv).await
+    else {
+        panic!("expected Hello")
+    };
+    assert_eq!(version, CONTROL_VERSION);
+    let eph = PrivateKey::from_random([42; 32]);
+    let nonce = [7u8; 32];
+    write_coord(
+        &mut send,
+        &CoordMessage::Challenge {
+            server_ephemeral: eph.public_key(),
+            nonce,
+        },
+    )
+    .await;
+    let request = read_node(&mut recv).await;
+    let proof_bytes = match &request {
+        NodeMessage::Join { proof, .. } | NodeMessage::Login { proof } => *proof,
+        other => panic!("unexpected {other:?}"),
+    };
+    let mut binding = [0u8; 32];
+    conn.export_keying_material(&mut binding, EXPORTER_LABEL, b"")
+        .unwrap();
+    assert!(
+        proof::verify(&eph, &public_key, &nonce, &binding, &proof_bytes),
+        "proof must verify with the connection's exported binding"
+    );
+    let mut local = Vec::new();
+    match script {
+        Script::Reject(code) => {
+            write_coord(
+                &mut send,
+                &CoordMessage::Error {
+                    code,
+                    message: "scripted".into(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            conn.closed().await;
+        }
+        Script::Welcome => {
+            let mut me = record(1);
+            me.public_key = public_key;
+            write_coord(
+                &mut send,
+                &CoordMessage::Welcome {
+                    node: me,
+                    network: MeshNetwork::default(),
+                    reflexive: conn.remote_address(),
+                    peers: vec![record(2)],
+                },
+            )
+            .await;
+            if let NodeMessage::Candidates { local: l } = read_node(&mut recv).await {
+                local = l;
+            } else {
+                panic!("expected Candidates");
+            }
+            write_coord(&mut send, &CoordMessage::PeerUpsert { peer: record(3) }).await;
+            // Wait for the node to hang up.
+            conn.closed().await;
+        }
+    }
+    (request, local)
+}
+
+fn coordinator(addr: SocketAddr, fingerprint: [u8; 32]) -> Coordinator {
+    Coordinator {
+        addrs: vec![CoordinatorAddr::Ip(addr.ip(), addr.port())],
+        fingerprint,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn node_endpoint() -> quinn::Endpoint {
+    let io = socket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (endpoint, tx) = socket::quic_endpoint(io.clone()).unwrap();
+    tokio::spawn(socket::pump_quic_only(io, tx));
+    endpoint
+}
+
+#[tokio::test]
+async fn join_then_supervise_forwards_messages() {
+    let (srv, fp) = server();
+    let coord = coordinator(srv.local_addr().unwrap(), fp);
+    let srv_task = tokio::spawn(scripted(srv, Script::Welcome));
+    let endpoint = node_endpoint();
+    let key = PrivateKey::from_random([5; 32]);
+    let cred = Credential::Join {
+        secret: [3; 32],
+        name: "alpha".into(),
+    };
+    let session = connect(&endpoint, &coord, &key, &cred).await.unwrap();
+    assert_eq!(session.welcome.node.public_key, key.public_key());
+    assert_eq!(session.welcome.peers, vec![record(2)]);
+    assert_eq!(
+        session.welcome.reflexive,
+        endpoint.local_addr().unwrap(),
+        "reflexive is the shared socket's address"
+    );
+
+    let (ev_tx, mut ev_rx) = mpsc::channel(8);
+    let (out_tx, out_rx) = mpsc::channel(8);
+    let source = CandidateSource {
+        tun: "warren-test".into(),
+        network: MeshNetwork::default(),
+        port: 4242,
+    };
+    let sup = tokio::spawn(supervise(
+        endpoint,
+        coord,
+        key,
+        Some(session),
+        source,
+        ev_tx,
+        out_rx,
+    ));
+    assert!(matches!(ev_rx.recv().await, Some(ControlEvent::Welcome(_))));
+    match ev_rx.recv().await {
+        Some(ControlEvent::Message(CoordMessage::PeerUpsert { peer })) => {
+            assert_eq!(peer, record(3))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(out_tx);
+    sup.await.unwrap().unwrap();
+    let (request, local) = srv_task.await.unwrap();
+    match request {
+        NodeMessage::Join {
+            invite_secret,
+            name,
+            ..
+        } => {
+            assert_eq!(invite_secret, [3; 32]);
+            assert_eq!(name, "alpha");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(local.iter().all(|a| a.port() == 4242));
+}
+
+#[tokio::test]
+async fn rejected_invite_is_a_typed_error() {
+    let (srv, fp) = server();
+    let coord = coordinator(srv.local_addr().unwrap(), fp);
+    let srv_task = tokio::spawn(scripted(srv, Script::Reject(ErrorCode::InviteExpired)));
+    let endpoint = node_endpoint();
+    let key = PrivateKey::from_random([6; 32]);
+    let err = connect(&endpoint, &coord, &key, &Credential::Login)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NodeError::Rejected {
+                code: ErrorCode::InviteExpired,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("expired"));
+    endpoint.close(0u32.into(), b"");
+    let _ = srv_task.await;
+}
+
+#[tokio::test]
+async fn wrong_fingerprint_and_silent_coordinator() {
+    let (srv, _) = server();
+    let coord = coordinator(srv.local_addr().unwrap(), [1; 32]);
+    let accept = tokio::spawn(async move {
+        if let Some(inc) = srv.accept().await {
+            let _ = inc.await;
+        }
+        srv
+    });
+    let endpoint = node_endpoint();
+    let key = PrivateKey::from_random([6; 32]);
+    let err = connect(&endpoint, &coord, &key, &Credential::Login)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::WrongCoordinator), "{err:?}");
+    drop(accept);
+
+    // A UDP socket that never answers: the connect times out with a clear message.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut coord = coordinator(silent.local_addr().unwrap(), [1; 32]);
+    coord.timeout = Duration::from_millis(300);
+    let err = connect(&endpoint, &coord, &key, &Credential::Login)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot reach the coordinator at {}: timed out",
+            silent.local_addr().unwrap()
+        )
+    );
+    assert!(err.is_transient());
+}
+
+#[test]
+fn backoff_doubles_to_thirty_seconds_with_jitter() {
+    for attempt in 0..10 {
+        let d = backoff(attempt);
+        let base = Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30));
+        assert!(
+            d >= base.mul_f64(0.79) && d <= base.mul_f64(1.21),
+            "{attempt}: {d:?}"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The daemon loop (IO shell layer): one task owns the sans-IO [`Engine`] and feeds it.
+//!
+//! Inputs, in one `tokio::select!`: datagrams from the shared UDP socket (QUIC ones are passed to
+//! quinn, the rest go to the engine), IP packets from TUN, coordinator messages from the control
+//! client, the engine's timer, status requests and shutdown. After each input the engine's
+//! output is drained: datagrams to the socket, events to the control client, decrypted packets
+//! (written by the engine into a reused buffer) to TUN. Buffers are allocated once; the shell
+//! adds no per-packet allocation on the data path.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tun_rs::AsyncDevice;
+use warren_proto::control::{CoordMessage, NodeMessage, PeerRecord};
+use warren_proto::engine::{Engine, EngineConfig, Event};
+use warren_proto::ids::{NodeId, PrivateKey};
+use warren_proto::noise::CipherSuite;
+
+use crate::control::{ControlEvent, Welcome};
+use crate::socket::{forward_quic, route, QuicDatagram, Route, MAX_DATAGRAM};
+use crate::state::SavedState;
+use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
+
+/// Datagrams (or TUN packets) handled per wake-up before the engine's output is flushed; bounds
+/// latency while amortising the flush.
+const BATCH: usize = 64;
+/// Sleep used when the engine has no deadline.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+/// Channels and devices the daemon runs on.
+pub struct Io {
+    /// The shared UDP socket.
+    pub udp: Arc<UdpSocket>,
+    /// The TUN device.
+    pub tun: AsyncDevice,
+    /// QUIC datagrams to quinn.
+    pub quic_tx: mpsc::Sender<QuicDatagram>,
+    /// Events from the control client.
+    pub control_rx: mpsc::Receiver<ControlEvent>,
+    /// Messages for the coordinator (dropping it stops the control client).
+    pub outbox: mpsc::Sender<NodeMessage>,
+    /// Status requests from the UNIX socket.
+    pub status_rx: mpsc::Receiver<StatusRequest>,
+}
+
+/// The engine-owner task's state.
+pub struct Daemon {
+    /// The sans-IO data plane.
+    engine: Engine,
+    /// Devices and channels.
+    io: Io,
+    /// The coordinator's records of the other nodes (names, online flags for status).
+    peers: HashMap<NodeId, PeerRecord>,
+    /// This node's part of the status report.
+    me: SelfStatus,
+}
+
+/// Why the daemon loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGINT/SIGTERM.
+    Shutdown,
+    /// The control client stopped (a fatal coordinator answer; see its result).
+    ControlStopped,
+}
+
+/// Builds an engine for this node, seeded from the OS RNG.
+pub fn new_engine(node_id: NodeId, key: PrivateKey) -> Engine {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    Engine::new(
+        EngineConfig {
+            node_id,
+            private_key: key,
+            suite: CipherSuite::default(),
+            wall_clock_base_nanos: wall,
+        },
+        seed,
+        Instant::now(),
+    )
+}
+
+impl Daemon {
+    /// A daemon for the node described by `state`.
+    pub fn new(state: &SavedState, key: PrivateKey, io: Io) -> Self {
+        let me = SelfStatus {
+            name: state.name.clone(),
+            ip: state.mesh_ip,
+            node_id: state.node_id,
+            public_key: key.public_key(),
+            reflexive: None,
+            coordinator: Link::Disconnected,
+        };
+        Self {
+            engine: new_engine(state.node_id, key),
+            io,
+            peers: HashMap::new(),
+            me,
+        }
+    }
+
+    /// Runs until `shutdown` completes or the control client stops.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Exit {
+        let mut udp_buf = vec![0u8; MAX_DATAGRAM];
+        let mut tun_buf = vec![0u8; MAX_DATAGRAM];
+        let mut tun_out = vec![0u8; MAX_DATAGRAM];
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = self
+                .engine
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            tokio::select! {
+                () = &mut shutdown => return Exit::Shutdown,
+                res = self.io.udp.recv_from(&mut udp_buf) => match res {
+                    Ok((n, from)) => {
+                        self.on_datagram(from, n, &udp_buf, &mut tun_out).await;
+                        for _ in 1..BATCH {
+                            match self.io.udp.try_recv_from(&mut udp_buf) {
+                                Ok((n, from)) => {
+                                    self.on_datagram(from, n, &udp_buf, &mut tun_out).await
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
+                },
+                res = self.io.tun.recv(&mut tun_buf) => match res {
+                    Ok(n) => {
+                        let now = Instant::now();
+                        self.engine.handle_tun_packet(&tun_buf[..n], now);
+                        for _ in 1..BATCH {
+                            match self.io.tun.try_recv(&mut tun_buf) {
+                                Ok(n) => self.engine.handle_tun_packet(&tun_buf[..n], now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "TUN receive failed"),
+                },
+                ev = self.io.control_rx.recv() => match ev {
+                    Some(ev) => self.on_control(ev),
+                    None => return Exit::ControlStopped,
+                },
+                Some(reply) = self.io.status_rx.recv() => {
+                    let _ = reply.send(self.report());
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    self.engine.handle_timeout(Instant::now());
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    /// One datagram from the shared socket.
+    async fn on_datagram(&mut self, from: SocketAddr, n: usize, buf: &[u8], tun_out: &mut [u8]) {
+        let datagram = &buf[..n];
+        match route(datagram) {
+            Route::Quic => forward_quic(&self.io.quic_tx, from, datagram),
+            Route::Data => {
+                if let Some(len) =
+                    self.engine
+                        .handle_datagram(from, datagram, tun_out, Instant::now())
+                {
+                    if let Some(packet) = tun_out.get(..len) {
+                        if let Err(e) = self.io.tun.send(packet).await {
+                            tracing::debug!(error = %e, "TUN write failed");
+                        }
+                    }
+                }
+            }
+            Route::Drop => {}
+        }
+    }
+
+    /// Sends what the engine queued and passes its events on.
+    async fn flush(&mut self) {
+        while let Some(t) = self.engine.poll_transmit() {
+            if let Err(e) = self.io.udp.send_to(&t.payload, t.dst).await {
+                tracing::debug!(dst = %t.dst, error = %e, "UDP send failed");
+            }
+        }
+        while let Some(ev) = self.engine.poll_event() {
+            match ev {
+                Event::PunchRequest(peer) => {
+                    if self
+                        .io
+                        .outbox
+                        .try_send(NodeMessage::PunchRequest { peer })
+                        .is_err()
+                    {
+                        tracing::debug!(%peer, "control client busy; punch request dropped");
+                    }
+                }
+                Event::PathChanged { peer, path } => {
+                    let name = self.peers.get(&peer).map_or("?", |p| p.name.as_str());
+                    tracing::info!(%peer, name, ?path, "path changed");
+                }
+            }
+        }
+    }
+
+    /// A control client event.
+    fn on_control(&mut self, ev: ControlEvent) {
+        let now = Instant::now();
+        match ev {
+            ControlEvent::Welcome(w) => self.on_welcome(w, now),
+            ControlEvent::Disconnected => {
+                self.me.coordinator = Link::Disconnected;
+                tracing::warn!("disconnected from the coordinator; tunnels stay up");
+            }
+            ControlEvent::Message(msg) => self.on_message(msg, now),
+        }
+    }
+
+    /// A fresh session's full peer list.
+    fn on_welcome(&mut self, w: Welcome, now: Instant) {
+        self.me.coordinator = Link::Connected;
+        self.me.reflexive = Some(w.reflexive.to_string());
+        if w.node.mesh_ip != self.me.ip {
+            tracing::warn!(saved = %self.me.ip, assigned = %w.node.mesh_ip,
+                "coordinator reports a different mesh address than the saved one");
+        }
+        self.me.name = w.node.name.clone();
+        let others: Vec<PeerRecord> = w
+            .peers
+            .into_iter()
+            .filter(|p| p.node_id != self.me.node_id)
+            .collect();
+        self.engine.set_peers(&others, now);
+        self.peers = others.into_iter().map(|p| (p.node_id, p)).collect();
+        tracing::info!(peers = self.peers.len(), reflexive = %w.reflexive, "peer list received");
+    }
+
+    /// A coordinator message after the Welcome.
+    fn on_message(&mut self, msg: CoordMessage, now: Instant) {
+        match msg {
+            CoordMessage::PeerUpsert { peer } if peer.node_id != self.me.node_id => {
+                tracing::debug!(peer = %peer.node_id, name = %peer.name, online = peer.online, "peer update");
+                self.engine.upsert_peer(&peer, now);
+                self.peers.insert(peer.node_id, peer);
+            }
+            CoordMessage::PeerRemoved { node_id } => {
+                tracing::info!(peer = %node_id, "peer removed");
+                self.engine.remove_peer(node_id);
+                self.peers.remove(&node_id);
+            }
+            CoordMessage::Punch { peer, candidates } => {
+                tracing::debug!(%peer, ?candidates, "punch order");
+                self.engine.handle_punch(peer, &candidates, now);
+            }
+            CoordMessage::Reflexive { addr } => {
+                tracing::info!(%addr, "reflexive address changed");
+                self.me.reflexive = Some(addr.to_string());
+            }
+            other => tracing::debug!(?other, "ignored coordinator message"),
+        }
+    }
+
+    /// The current status report.
+    fn report(&self) -> StatusReport {
+        let engine = self.engine.peer_status(Instant::now());
+        StatusReport {
+            me: self.me.clone(),
+            peers: peer_lines(self.peers.values(), &engine),
+        }
+    }
+}

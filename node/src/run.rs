@@ -1,0 +1,260 @@
+//! The three commands (IO shell layer): `join` (redeem an invite, save state only after the
+//! Welcome, then run the daemon), `up` (run the daemon from saved state) and `status`.
+//!
+//! Startup order matters for the "no half-written state" promise: the token is parsed and the
+//! state directory checked first, the TUN interface is created (privilege check) and the socket
+//! bound before the coordinator is contacted, and the state directory appears only after the
+//! coordinator's Welcome.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tun_rs::AsyncDevice;
+use warren_proto::ids::PrivateKey;
+use warren_proto::token::InviteToken;
+
+use crate::control::{self, CandidateSource, Coordinator, Credential, Session};
+use crate::daemon::{Daemon, Exit, Io};
+use crate::error::NodeError;
+use crate::socket::{self, QuicDatagram};
+use crate::state::{self, Pending, SavedState};
+use crate::status;
+use crate::tun;
+use crate::{Cli, Command};
+
+/// Queue depth of the control client → daemon channel.
+const CONTROL_QUEUE: usize = 256;
+/// How long shutdown waits for the control connection to close politely.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the parsed command.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Status { state_dir, json } => status_cmd(&state_dir, json),
+        Command::Join {
+            token,
+            state_dir,
+            name,
+            tun,
+            port,
+        } => {
+            let token: InviteToken = token
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid invite token: {e}"))?;
+            state::ensure_free(&state_dir)?;
+            let name = match name {
+                Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+                Some(_) => anyhow::bail!("--name must not be empty"),
+                None => hostname(),
+            };
+            runtime()?.block_on(join(token, state_dir, name, tun, port))
+        }
+        Command::Up { state_dir } => runtime()?.block_on(up(state_dir)),
+    }
+}
+
+/// The tokio runtime; logging is set up here because only the daemon commands log.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The host name, or `node` if it cannot be read.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(s) if rc == 0 && !s.is_empty() => s.to_string(),
+        _ => "node".to_string(),
+    }
+}
+
+/// `warren status`.
+fn status_cmd(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let report = status::query(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status::render(&report));
+    }
+    Ok(())
+}
+
+/// Binds the shared socket on all IPv4 addresses.
+fn bind_socket(port: u16) -> anyhow::Result<Arc<UdpSocket>> {
+    socket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// `warren join`.
+async fn join(
+    token: InviteToken,
+    dir: PathBuf,
+    name: String,
+    tun_name: String,
+    port: u16,
+) -> anyhow::Result<()> {
+    let dev = tun::create(&tun_name)?;
+    let udp = bind_socket(port)?;
+    let port = udp.local_addr().context("reading the UDP port")?.port();
+    let pending = Pending::create(&dir)?;
+    let (endpoint, quic_tx) = socket::quic_endpoint(udp.clone())?;
+    let pump = tokio::spawn(socket::pump_quic_only(udp.clone(), quic_tx.clone()));
+    let coord = Coordinator {
+        addrs: token.addrs.clone(),
+        fingerprint: token.fingerprint,
+        timeout: control::CONNECT_TIMEOUT,
+    };
+    let cred = Credential::Join {
+        secret: token.secret,
+        name,
+    };
+    tracing::info!(coordinator = %coord.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "joining");
+    // Ctrl-C while waiting must still run `pending`'s cleanup, so it is awaited here.
+    let session = tokio::select! {
+        res = control::connect(&endpoint, &coord, pending.key(), &cred) => res?,
+        () = shutdown_signal() => anyhow::bail!("interrupted before the coordinator answered"),
+    };
+    let w = &session.welcome;
+    let saved = SavedState {
+        node_id: w.node.node_id,
+        name: w.node.name.clone(),
+        mesh_ip: w.node.mesh_ip,
+        network: w.network,
+        coordinator_addrs: token.addrs.iter().map(ToString::to_string).collect(),
+        fingerprint: hex::encode(token.fingerprint),
+        port,
+        tun: tun_name,
+    };
+    let key = pending.key().clone();
+    let dir = pending.commit(&saved)?;
+    tracing::info!(node = %saved.node_id, name = %saved.name, ip = %saved.mesh_ip,
+        state_dir = %dir.display(), "joined the mesh");
+    pump.abort();
+    let _ = pump.await;
+    run_daemon(
+        &dir,
+        key,
+        saved,
+        udp,
+        dev,
+        endpoint,
+        quic_tx,
+        coord,
+        Some(session),
+    )
+    .await
+}
+
+/// `warren up`.
+async fn up(dir: PathBuf) -> anyhow::Result<()> {
+    let (key, saved) = state::load(&dir)?;
+    // Refuse early if a daemon already serves this directory (before touching TUN or the port).
+    drop(status::bind(&dir)?);
+    let coord = Coordinator {
+        addrs: saved.coordinator_addrs()?,
+        fingerprint: saved.fingerprint_bytes()?,
+        timeout: control::CONNECT_TIMEOUT,
+    };
+    let dev = tun::create(&saved.tun)?;
+    let udp = bind_socket(saved.port)?;
+    let (endpoint, quic_tx) = socket::quic_endpoint(udp.clone())?;
+    run_daemon(&dir, key, saved, udp, dev, endpoint, quic_tx, coord, None).await
+}
+
+/// Configures TUN, starts the status server and the control client, and runs the engine loop
+/// until shutdown. Fatal control errors (e.g. the node was removed) are returned.
+#[allow(clippy::too_many_arguments)]
+async fn run_daemon(
+    dir: &Path,
+    key: PrivateKey,
+    saved: SavedState,
+    udp: Arc<UdpSocket>,
+    dev: AsyncDevice,
+    endpoint: quinn::Endpoint,
+    quic_tx: mpsc::Sender<QuicDatagram>,
+    coord: Coordinator,
+    first: Option<Session>,
+) -> anyhow::Result<()> {
+    tun::configure(&dev, saved.mesh_ip, saved.network)?;
+    let (listener, sock_path) = status::bind(dir)?;
+    let (status_tx, status_rx) = mpsc::channel(16);
+    let status_task = tokio::spawn(status::serve(listener, status_tx));
+    let (events_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (outbox, outbox_rx) = mpsc::channel(CONTROL_QUEUE);
+    let source = CandidateSource {
+        tun: saved.tun.clone(),
+        network: saved.network,
+        port: saved.port,
+    };
+    let control_task = tokio::spawn(control::supervise(
+        endpoint.clone(),
+        coord,
+        key.clone(),
+        first,
+        source,
+        events_tx,
+        outbox_rx,
+    ));
+    let io = Io {
+        udp,
+        tun: dev,
+        quic_tx,
+        control_rx,
+        outbox,
+        status_rx,
+    };
+    let daemon = Daemon::new(&saved, key, io);
+    tracing::info!(ip = %saved.mesh_ip, network = %saved.network, tun = %saved.tun,
+        port = saved.port, name = %saved.name, "ready");
+    let exit = daemon.run(shutdown_signal()).await;
+    // The daemon (and with it the control client's outbox) is dropped: the client closes the
+    // connection and returns.
+    let control_result = match tokio::time::timeout(CLOSE_GRACE, control_task).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => Err(NodeError::Protocol(format!("control task failed: {e}"))),
+        Err(_) => Ok(()),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+    status_task.abort();
+    let _ = std::fs::remove_file(&sock_path);
+    match (exit, control_result) {
+        (_, Err(e)) => Err(e.into()),
+        (Exit::ControlStopped, Ok(())) => {
+            Err(NodeError::Protocol("control client stopped".into()).into())
+        }
+        (Exit::Shutdown, Ok(())) => Ok(()),
+    }
+}

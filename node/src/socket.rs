@@ -1,0 +1,356 @@
+//! The node's one UDP socket, shared by QUIC (control) and the data plane (IO shell layer).
+//!
+//! DESIGN.md section 2: the coordinator reports the address it sees the node's QUIC packets come
+//! from as the node's reflexive candidate, which is only useful for hole punching if it is the
+//! NAT mapping of the socket that carries data. So there is exactly one socket. The data-plane
+//! task owns its receive side and demultiplexes by first byte: QUIC v1 packets have the fixed bit
+//! 0x40 set (greasing is off, RFC 9287), Warren's own packet types stay below 0x40. QUIC
+//! datagrams go to quinn through a channel and [`QuicSocket`]; quinn sends directly on the shared
+//! socket.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// Socket buffer size asked of the kernel, in bytes; large buffers absorb bursts at multi-Gbit/s
+/// (the kernel caps it at net.core.{r,w}mem_max).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+/// QUIC datagrams queued between the data-plane task and quinn; beyond this they are dropped and
+/// QUIC's loss recovery resends them.
+pub const QUIC_QUEUE: usize = 1024;
+/// Largest UDP payload, in bytes.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// A QUIC datagram handed from the data-plane task to quinn: source address and bytes.
+pub type QuicDatagram = (SocketAddr, Vec<u8>);
+
+/// Where a received datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A QUIC packet (first byte has the 0x40 fixed bit): to quinn.
+    Quic,
+    /// A Warren data-plane packet (first byte below 0x40): to the engine.
+    Data,
+    /// An empty datagram: dropped.
+    Drop,
+}
+
+/// Demultiplexes a datagram by its first byte.
+pub fn route(datagram: &[u8]) -> Route {
+    match datagram.first() {
+        Some(&b) if b >= 0x40 => Route::Quic,
+        Some(_) => Route::Data,
+        None => Route::Drop,
+    }
+}
+
+/// Binds the shared socket with large buffers.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .context("creating the UDP socket")?;
+    // Best effort: the kernel clamps to its maximum, and a small buffer still works.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    sock.bind(&addr.into())
+        .with_context(|| format!("binding UDP {addr}"))?;
+    sock.set_nonblocking(true)
+        .context("making the UDP socket non-blocking")?;
+    let std_sock: std::net::UdpSocket = sock.into();
+    Ok(Arc::new(
+        UdpSocket::from_std(std_sock).context("registering the UDP socket with tokio")?,
+    ))
+}
+
+/// Hands a QUIC datagram to quinn without waiting; drops it if quinn is behind (QUIC resends).
+pub fn forward_quic(tx: &mpsc::Sender<QuicDatagram>, from: SocketAddr, datagram: &[u8]) {
+    if tx.try_send((from, datagram.to_vec())).is_err() {
+        tracing::debug!(%from, "QUIC queue full or closed, datagram dropped");
+    }
+}
+
+/// Before the engine exists (during `join`'s handshake), reads the socket and forwards only QUIC
+/// datagrams; anything else is dropped. Runs until aborted.
+pub async fn pump_quic_only(io: Arc<UdpSocket>, tx: mpsc::Sender<QuicDatagram>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match io.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                if route(&buf[..n]) == Route::Quic {
+                    forward_quic(&tx, from, &buf[..n]);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
+        }
+    }
+}
+
+/// quinn's view of the shared socket: receives from the demultiplexer's channel, sends directly.
+pub struct QuicSocket {
+    /// The shared socket (sending side for quinn).
+    io: Arc<UdpSocket>,
+    /// QUIC datagrams from the data-plane task. A mutex because quinn polls through `&self`;
+    /// only quinn's endpoint driver task ever locks it, so it is uncontended.
+    rx: Mutex<mpsc::Receiver<QuicDatagram>>,
+}
+
+impl QuicSocket {
+    /// Wraps the shared socket; returns the wrapper and the sender the demultiplexer uses.
+    pub fn new(io: Arc<UdpSocket>) -> (Self, mpsc::Sender<QuicDatagram>) {
+        let (tx, rx) = mpsc::channel(QUIC_QUEUE);
+        (
+            Self {
+                io,
+                rx: Mutex::new(rx),
+            },
+            tx,
+        )
+    }
+}
+
+impl fmt::Debug for QuicSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicSocket")
+            .field("local", &self.io.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fills one receive slot from a queued datagram.
+fn fill(slot: &mut IoSliceMut<'_>, meta: &mut RecvMeta, (from, bytes): QuicDatagram) {
+    let n = bytes.len().min(slot.len());
+    slot[..n].copy_from_slice(&bytes[..n]);
+    *meta = RecvMeta {
+        addr: from,
+        len: n,
+        stride: n,
+        ecn: None,
+        dst_ip: None,
+    };
+}
+
+impl AsyncUdpSocket for QuicSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(WritablePoller {
+            io: self.io.clone(),
+            fut: None,
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        // max_transmit_segments is 1, so quinn never hands us a GSO batch.
+        self.io
+            .try_send_to(transmit.contents, transmit.destination)
+            .map(|_| ())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut rx = match self.rx.lock() {
+            Ok(rx) => rx,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let slots = bufs.len().min(meta.len());
+        if slots == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        match rx.poll_recv(cx) {
+            // Channel closed: the node is shutting down; quinn will be dropped shortly.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(first)) => {
+                fill(&mut bufs[0], &mut meta[0], first);
+                let mut n = 1;
+                while n < slots {
+                    match rx.try_recv() {
+                        Ok(d) => {
+                            fill(&mut bufs[n], &mut meta[n], d);
+                            n += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+}
+
+/// Future type behind [`WritablePoller`].
+type WritableFuture = Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + Sync>>;
+
+/// Wakes quinn when the shared socket becomes writable again after `WouldBlock`.
+struct WritablePoller {
+    /// The shared socket.
+    io: Arc<UdpSocket>,
+    /// The pending `writable()` wait, if any.
+    fut: Option<WritableFuture>,
+}
+
+impl fmt::Debug for WritablePoller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WritablePoller").finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for WritablePoller {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let fut = this.fut.get_or_insert_with(|| {
+            let io = this.io.clone();
+            Box::pin(async move { io.writable().await })
+        });
+        let res = fut.as_mut().poll(cx);
+        if res.is_ready() {
+            this.fut = None;
+        }
+        res
+    }
+}
+
+/// Builds a QUIC client endpoint on the shared socket, with QUIC bit greasing off so every QUIC
+/// packet keeps the 0x40 bit the demultiplexer relies on.
+pub fn quic_endpoint(
+    io: Arc<UdpSocket>,
+) -> anyhow::Result<(quinn::Endpoint, mpsc::Sender<QuicDatagram>)> {
+    let (sock, tx) = QuicSocket::new(io);
+    let mut config = quinn::EndpointConfig::default();
+    config.grease_quic_bit(false);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        config,
+        None,
+        Arc::new(sock),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("creating the QUIC endpoint")?;
+    Ok((endpoint, tx))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::testutil::server;
+    use crate::tls;
+    use std::time::Duration;
+
+    #[test]
+    fn demultiplexes_by_first_byte() {
+        assert_eq!(route(&[]), Route::Drop);
+        for b in 0u8..0x40 {
+            assert_eq!(route(&[b, 1, 2]), Route::Data, "byte {b:#x}");
+        }
+        for b in 0x40u8..=0xff {
+            assert_eq!(route(&[b]), Route::Quic, "byte {b:#x}");
+        }
+    }
+
+    #[tokio::test]
+    async fn quic_runs_over_the_shared_socket_beside_data() {
+        let (srv, fp) = server();
+        let srv_addr = srv.local_addr().unwrap();
+        let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local = io.local_addr().unwrap();
+        let (endpoint, quic_tx) = quic_endpoint(io.clone()).unwrap();
+        // A demultiplexer like the daemon's: QUIC to quinn, the rest counted as data.
+        let (data_tx, mut data_rx) = mpsc::channel::<Vec<u8>>(8);
+        let demux_io = io.clone();
+        let demux = tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            loop {
+                let (n, from) = demux_io.recv_from(&mut buf).await.unwrap();
+                match route(&buf[..n]) {
+                    Route::Quic => forward_quic(&quic_tx, from, &buf[..n]),
+                    Route::Data => data_tx.send(buf[..n].to_vec()).await.unwrap(),
+                    Route::Drop => {}
+                }
+            }
+        });
+        let accept = tokio::spawn(async move {
+            let conn = srv.accept().await.unwrap().await.unwrap();
+            let seen = conn.remote_address();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let mut b = [0u8; 5];
+            recv.read_exact(&mut b).await.unwrap();
+            send.write_all(&b).await.unwrap();
+            send.finish().unwrap();
+            let _ = recv.read_to_end(16).await;
+            (seen, srv)
+        });
+        let (cfg, mismatch) = tls::client_config(fp).unwrap();
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            endpoint
+                .connect_with(cfg, srv_addr, tls::SERVER_NAME)
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        recv.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"hello");
+        assert!(!mismatch.load(std::sync::atomic::Ordering::Relaxed));
+
+        // A data-plane datagram on the same socket reaches the data side, not quinn.
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.send_to(&[0x01, 0xaa], local).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), data_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, vec![0x01, 0xaa]);
+
+        send.finish().unwrap();
+        let (seen, _srv) = accept.await.unwrap();
+        assert_eq!(seen, local, "coordinator sees the shared socket's address");
+        conn.close(0u32.into(), b"done");
+        demux.abort();
+    }
+
+    #[tokio::test]
+    async fn wrong_certificate_is_flagged() {
+        let (srv, _) = server();
+        let srv_addr = srv.local_addr().unwrap();
+        let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (endpoint, quic_tx) = quic_endpoint(io.clone()).unwrap();
+        let pump = tokio::spawn(pump_quic_only(io, quic_tx));
+        let accept = tokio::spawn(async move {
+            if let Some(inc) = srv.accept().await {
+                let _ = inc.await;
+            }
+            srv
+        });
+        let (cfg, mismatch) = tls::client_config([0u8; 32]).unwrap();
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            endpoint
+                .connect_with(cfg, srv_addr, tls::SERVER_NAME)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(res.is_err());
+        assert!(mismatch.load(std::sync::atomic::Ordering::Relaxed));
+        pump.abort();
+        let _ = accept.await;
+    }
+}

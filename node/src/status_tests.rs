@@ -1,0 +1,118 @@
+//! Tests of the status report shape, the socket server and the CLI client.
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::state::tests::scratch;
+
+fn rec(id: u64, online: bool) -> PeerRecord {
+    PeerRecord {
+        node_id: NodeId(id),
+        name: format!("peer{id}"),
+        public_key: PublicKey([id as u8; 32]),
+        mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, id as u8)),
+        online,
+        candidates: vec![],
+    }
+}
+
+fn report() -> StatusReport {
+    let records = [rec(3, false), rec(2, true)];
+    let engine = vec![PeerStatus {
+        node_id: NodeId(2),
+        name: "peer2".into(),
+        mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, 2)),
+        path: PathKind::Direct,
+        endpoint: Some("198.51.100.7:4000".parse().unwrap()),
+        rtt: Some(Duration::from_micros(1234)),
+        rx_bytes: 10,
+        tx_bytes: 20,
+        last_handshake: Some(Duration::from_secs(5)),
+    }];
+    StatusReport {
+        me: SelfStatus {
+            name: "alpha".into(),
+            ip: MeshIp(Ipv4Addr::new(100, 80, 0, 1)),
+            node_id: NodeId(1),
+            public_key: PublicKey([1; 32]),
+            reflexive: Some("203.0.113.9:41641".into()),
+            coordinator: Link::Connected,
+        },
+        peers: peer_lines(records.iter(), &engine),
+    }
+}
+
+#[test]
+fn json_has_the_documented_shape() {
+    let v = serde_json::to_value(report()).unwrap();
+    let me = &v["self"];
+    assert_eq!(me["name"], "alpha");
+    assert_eq!(me["ip"], "100.80.0.1");
+    assert_eq!(me["node_id"], 1);
+    assert_eq!(me["public_key"], PublicKey([1; 32]).to_string());
+    assert_eq!(me["reflexive"], "203.0.113.9:41641");
+    assert_eq!(me["coordinator"], "connected");
+    let peers = v["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    // Sorted by mesh address; the engine's numbers merged by node id.
+    let p = &peers[0];
+    assert_eq!(p["name"], "peer2");
+    assert_eq!(p["ip"], "100.80.0.2");
+    assert_eq!(p["path"], "direct");
+    assert_eq!(p["endpoint"], "198.51.100.7:4000");
+    assert_eq!(p["rtt_ms"], 1.234);
+    assert_eq!(p["rx_bytes"], 10);
+    assert_eq!(p["tx_bytes"], 20);
+    assert_eq!(p["last_handshake_s"], 5);
+    assert_eq!(p["online"], true);
+    // A peer the engine does not know yet.
+    let q = &peers[1];
+    assert_eq!(q["path"], "connecting");
+    assert!(q["endpoint"].is_null());
+    assert!(q["rtt_ms"].is_null());
+    assert!(q["last_handshake_s"].is_null());
+    assert_eq!(q["rx_bytes"], 0);
+    assert_eq!(q["online"], false);
+    let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    let table = render(&report());
+    assert!(table.contains("peer2") && table.contains("direct") && table.contains("1.2 ms"));
+    assert!(table.lines().count() == 4, "{table}");
+}
+
+#[tokio::test]
+async fn socket_round_trip_and_no_daemon_error() {
+    let dir = scratch("status");
+    let err = query(&dir).unwrap_err();
+    assert!(matches!(
+        err.downcast_ref::<NodeError>(),
+        Some(NodeError::NoDaemon(_))
+    ));
+    let (listener, path) = bind(&dir).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (tx, mut rx) = mpsc::channel::<StatusRequest>(4);
+    let server = tokio::spawn(serve(listener, tx));
+    let answerer = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            let _ = reply.send(report());
+        }
+    });
+    let q_dir = dir.clone();
+    let got = tokio::task::spawn_blocking(move || query(&q_dir))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, report());
+    // A second daemon on the same directory is refused while the first answers.
+    let err = bind(&dir).unwrap_err();
+    assert!(matches!(
+        err.downcast_ref::<NodeError>(),
+        Some(NodeError::DaemonRunning(_))
+    ));
+    server.abort();
+    answerer.abort();
+    let _ = server.await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
