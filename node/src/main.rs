@@ -47,30 +47,31 @@ pub enum Command {
     /// Join a mesh with an invite token and run the node in the foreground.
     Join {
         /// Invite token from `warren-coordinator invite create`.
+        #[arg(value_name = "TOKEN")]
         token: String,
         /// State directory (key, assigned address, coordinator).
-        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
         state_dir: PathBuf,
         /// Node name in the mesh [default: the host name].
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Name of the TUN interface.
-        #[arg(long, default_value = "warren0", value_parser = parse_ifname)]
+        #[arg(long, default_value = "warren0", value_parser = parse_ifname, value_name = "IFNAME")]
         tun: String,
         /// UDP port of the data socket (0: the OS picks one; it is saved for `up`).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_name = "UDP_PORT")]
         port: u16,
     },
     /// Run the node from its saved state.
     Up {
         /// State directory.
-        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
         state_dir: PathBuf,
     },
     /// Show this node and its peers (asks the running daemon).
     Status {
         /// State directory.
-        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
         state_dir: PathBuf,
         /// Print JSON.
         #[arg(long)]
