@@ -138,6 +138,17 @@ impl Timestamp {
         b[8..].copy_from_slice(&((nanos % 1_000_000_000) as u32).to_be_bytes());
         Self(b)
     }
+
+    /// Nanoseconds since the Unix epoch (inverse of [`Self::from_unix_nanos`], saturating).
+    pub fn to_unix_nanos(&self) -> u64 {
+        let mut secs = [0u8; 8];
+        secs.copy_from_slice(&self.0[..8]);
+        let mut nanos = [0u8; 4];
+        nanos.copy_from_slice(&self.0[8..]);
+        u64::from_be_bytes(secs)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(u32::from_be_bytes(nanos)))
+    }
 }
 
 /// A snow RNG that replays a ChaCha20 stream from a caller-supplied seed.

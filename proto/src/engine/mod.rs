@@ -6,14 +6,44 @@
 //! ([`Engine::poll_event`]) and the next deadline ([`Engine::poll_timeout`]). Decrypted IP packets
 //! are written into a caller-supplied buffer by [`Engine::handle_datagram`].
 //!
-//! STUB: the API below is the contract with `warren-node`; the implementation is in progress.
+//! Submodules: `peer` (per-peer state, send path), `punch` (probing rounds, path choice),
+//! `handshake` (Noise handshakes, receive path), `timers` (timers as data), `shared` (engine-wide
+//! state and [`DropCounters`]).
+//!
+//! Sizes the shell must know: `tun_out` must hold the largest packet a peer may send (the TUN
+//! MTU); a transport datagram is the IP packet plus [`TRANSPORT_OVERHEAD`] (32) bytes.
 
-use std::net::SocketAddr;
+mod handshake;
+mod peer;
+mod punch;
+mod shared;
+mod timers;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tracing::debug;
+
 use crate::control::PeerRecord;
-use crate::ids::{MeshIp, NodeId, PrivateKey};
+use crate::ids::{MeshIp, NodeId, PrivateKey, PublicKey};
 use crate::noise::CipherSuite;
+use crate::packet::Packet;
+use crate::probe::ProbeKey;
+
+pub use crate::packet::TRANSPORT_OVERHEAD;
+pub use peer::{MAX_QUEUED, PUNCH_REQUEST_INTERVAL};
+pub use punch::{
+    PATH_SETTLE, PROBE_BACKOFF_MAX, PROBE_BACKOFF_MIN, ROUND_DURATION, ROUND_INTERVAL,
+};
+pub use shared::DropCounters;
+pub use timers::{MAX_HANDSHAKE_ATTEMPTS, PATH_DEAD_TIMEOUT, RESPONDER_REKEY_AFTER};
+
+use handshake::inner_destination;
+use peer::Peer;
+use shared::Shared;
 
 /// Settings the engine is built with.
 #[derive(Clone, Debug)]
@@ -87,39 +117,117 @@ pub struct PeerStatus {
 /// The node's data-plane state machine.
 #[derive(Debug)]
 pub struct Engine {
-    _config: EngineConfig,
+    /// Engine-wide state (identity, RNG, index table, outputs, counters).
+    shared: Shared,
+    /// Known peers.
+    peers: HashMap<NodeId, Peer>,
+    /// Mesh address → peer, for TUN packets.
+    by_ip: HashMap<Ipv4Addr, NodeId>,
+    /// Static key → peer, for handshake initiations.
+    by_key: HashMap<PublicKey, NodeId>,
 }
 
 impl Engine {
     /// Builds an engine; `seed` feeds its deterministic RNG (session indices, ephemeral keys,
     /// probe ids).
     pub fn new(config: EngineConfig, seed: [u8; 32], now: Instant) -> Self {
-        let _ = (seed, now);
-        Self { _config: config }
+        Self {
+            shared: Shared {
+                config,
+                start: now,
+                rng: ChaCha20Rng::from_seed(seed),
+                by_index: HashMap::new(),
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                drops: DropCounters::default(),
+                last_timestamp: None,
+            },
+            peers: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_key: HashMap::new(),
+        }
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.config.private_key.public_key()
     }
 
     /// Replaces the peer list (the coordinator's Welcome).
     pub fn set_peers(&mut self, peers: &[PeerRecord], now: Instant) {
-        let _ = (peers, now);
+        let keep: Vec<NodeId> = peers.iter().map(|p| p.node_id).collect();
+        let gone: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|id| !keep.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.remove_peer(id);
+        }
+        for p in peers {
+            self.upsert_peer(p, now);
+        }
     }
 
     /// Adds or updates one peer (the coordinator's PeerUpsert).
-    pub fn upsert_peer(&mut self, peer: &PeerRecord, now: Instant) {
-        let _ = (peer, now);
+    pub fn upsert_peer(&mut self, record: &PeerRecord, now: Instant) {
+        let _ = now;
+        if record.node_id == self.shared.config.node_id {
+            return;
+        }
+        let id = record.node_id;
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if peer.record.public_key != record.public_key {
+                debug!(peer = %id, "peer key changed; sessions dropped");
+                peer.clear_sessions(&mut self.shared);
+                peer.probe_key =
+                    ProbeKey::derive(&self.shared.config.private_key, &record.public_key);
+                peer.last_init_timestamp = None;
+                self.by_key.remove(&peer.record.public_key);
+            }
+            if peer.record.mesh_ip != record.mesh_ip {
+                self.by_ip.remove(&peer.record.mesh_ip.0);
+            }
+            peer.set_candidates(&record.candidates);
+            peer.record = record.clone();
+            peer.report_path(&mut self.shared);
+        } else {
+            let key = ProbeKey::derive(&self.shared.config.private_key, &record.public_key);
+            self.peers.insert(id, Peer::new(record.clone(), key));
+        }
+        self.by_ip.insert(record.mesh_ip.0, id);
+        self.by_key.insert(record.public_key, id);
     }
 
     /// Forgets a peer and its sessions (the coordinator's PeerRemoved).
     pub fn remove_peer(&mut self, peer: NodeId) {
-        let _ = peer;
+        if let Some(mut p) = self.peers.remove(&peer) {
+            p.clear_sessions(&mut self.shared);
+            if self.by_ip.get(&p.record.mesh_ip.0) == Some(&peer) {
+                self.by_ip.remove(&p.record.mesh_ip.0);
+            }
+            if self.by_key.get(&p.record.public_key) == Some(&peer) {
+                self.by_key.remove(&p.record.public_key);
+            }
+        }
     }
 
     /// The coordinator's Punch order: probe `candidates` of `peer` now, with backoff.
     pub fn handle_punch(&mut self, peer: NodeId, candidates: &[SocketAddr], now: Instant) {
-        let _ = (peer, candidates, now);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            debug!(%peer, "punch order for unknown peer ignored");
+            return;
+        };
+        for &c in candidates {
+            p.add_candidate(c, false);
+        }
+        p.start_round(&mut self.shared, now);
     }
 
     /// A datagram arrived on the data socket (never a QUIC packet). Returns the length of a
-    /// decrypted IP packet written to `tun_out`, if the datagram carried one.
+    /// decrypted IP packet written to `tun_out`, if the datagram carried one. `tun_out` must
+    /// hold the largest IP packet a peer may send (the TUN MTU).
     pub fn handle_datagram(
         &mut self,
         from: SocketAddr,
@@ -127,38 +235,139 @@ impl Engine {
         tun_out: &mut [u8],
         now: Instant,
     ) -> Option<usize> {
-        let _ = (from, datagram, tun_out, now);
+        let packet = match Packet::parse(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared.drops.malformed += 1;
+                debug!(%from, error = %e, "malformed datagram dropped");
+                return None;
+            }
+        };
+        match packet {
+            Packet::Transport(t) => return self.on_transport(from, &t, tun_out, now),
+            Packet::HandshakeInit(h) => self.on_handshake_init(from, &h, now),
+            Packet::HandshakeResp(h) => self.on_handshake_resp(from, &h, now),
+            Packet::Probe(p) => {
+                if let Some(peer) = authentic_peer(
+                    &mut self.peers,
+                    &mut self.shared,
+                    p.sender,
+                    p.authenticated,
+                    p.mac,
+                    from,
+                ) {
+                    peer.on_probe(from, &p, &mut self.shared, now);
+                    peer.report_path(&mut self.shared);
+                }
+            }
+            Packet::ProbeAck(a) => {
+                if let Some(peer) = authentic_peer(
+                    &mut self.peers,
+                    &mut self.shared,
+                    a.sender,
+                    a.authenticated,
+                    a.mac,
+                    from,
+                ) {
+                    if !peer.on_probe_ack(&a, &mut self.shared, now) {
+                        self.shared.drops.ack_unmatched += 1;
+                        debug!(%from, "probe ack matches no probe");
+                    }
+                    peer.report_path(&mut self.shared);
+                }
+            }
+        }
         None
     }
 
     /// An IP packet was read from TUN.
     pub fn handle_tun_packet(&mut self, packet: &[u8], now: Instant) {
-        let _ = (packet, now);
+        let Some(dst) = inner_destination(packet) else {
+            self.shared.drops.tun_not_ipv4 += 1;
+            return;
+        };
+        let Some(peer) = self.by_ip.get(&dst).and_then(|id| self.peers.get_mut(id)) else {
+            self.shared.drops.tun_unknown_dst += 1;
+            debug!(%dst, "TUN packet for unknown mesh address dropped");
+            return;
+        };
+        peer.last_demand = Some(now);
+        if peer.can_send(now)
+            && peer.queue.is_empty()
+            && peer.send_transport(packet, &mut self.shared, now)
+        {
+            return;
+        }
+        peer.enqueue(packet, &mut self.shared);
+        if peer.endpoint.is_some() {
+            if peer.pending.is_none() && !peer.can_send(now) {
+                peer.start_handshake(&mut self.shared, now);
+            }
+            peer.flush_queue(&mut self.shared, now);
+        } else {
+            peer.request_punch(&mut self.shared, now);
+            if peer.round.is_none() && peer.next_round_at.is_none() {
+                peer.start_round(&mut self.shared, now);
+            }
+        }
+        peer.report_path(&mut self.shared);
     }
 
     /// The deadline from [`Engine::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+        for peer in self.peers.values_mut() {
+            if peer.next_deadline().is_some_and(|d| d <= now) {
+                peer.on_timeout(&mut self.shared, now);
+            }
+        }
     }
 
     /// Next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        None
+        self.shared.transmits.pop_front()
     }
 
     /// Next event for the shell.
     pub fn poll_event(&mut self) -> Option<Event> {
-        None
+        self.shared.events.pop_front()
     }
 
     /// When [`Engine::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.peers.values().filter_map(|p| p.next_deadline()).min()
     }
 
     /// Per-peer status.
     pub fn peer_status(&self, now: Instant) -> Vec<PeerStatus> {
-        let _ = now;
-        Vec::new()
+        let mut v: Vec<PeerStatus> = self.peers.values().map(|p| p.status(now)).collect();
+        v.sort_by_key(|s| s.node_id);
+        v
     }
+
+    /// Why inputs were dropped, since the engine started.
+    pub fn drop_counters(&self) -> &DropCounters {
+        &self.shared.drops
+    }
+}
+
+/// The peer `sender` if `mac` authenticates `data` with its probe key (else counted).
+fn authentic_peer<'a>(
+    peers: &'a mut HashMap<NodeId, Peer>,
+    shared: &mut Shared,
+    sender: NodeId,
+    data: &[u8],
+    mac: &[u8],
+    from: SocketAddr,
+) -> Option<&'a mut Peer> {
+    let Some(peer) = peers.get_mut(&sender) else {
+        shared.drops.probe_unknown_peer += 1;
+        debug!(%from, %sender, "probe from unknown node dropped");
+        return None;
+    };
+    if !peer.probe_key.verify(data, mac) {
+        shared.drops.probe_bad_mac += 1;
+        debug!(%from, %sender, "probe with bad MAC dropped");
+        return None;
+    }
+    Some(peer)
 }

@@ -1,0 +1,280 @@
+//! One peer's state (sans-IO, engine layer): its record, sessions, path and traffic counters,
+//! and the send side of the data path.
+//!
+//! Sessions follow WireGuard's three slots: `current` (newest completed, used to send),
+//! `previous` (kept so packets in flight under the old keys still decrypt after a rekey) and
+//! `next` (a session we completed as responder, promoted to `current` once the initiator proves
+//! it has the keys by sending on it). Packets are received on any slot by index.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::punch::{Candidate, Round};
+use super::shared::Shared;
+use super::{Event, PathKind, PeerStatus};
+use crate::control::PeerRecord;
+use crate::ids::NodeId;
+use crate::noise::{InitiatorHandshake, Session, Timestamp};
+use crate::packet::TRANSPORT_OVERHEAD;
+use crate::probe::ProbeKey;
+
+/// Packets queued per peer while connecting; the oldest is dropped beyond this (a TCP
+/// retransmits anyway; a deep queue only adds latency).
+pub const MAX_QUEUED: usize = 32;
+/// Minimum spacing of PunchRequest events per peer (the coordinator relays each to the peer).
+pub const PUNCH_REQUEST_INTERVAL: Duration = Duration::from_secs(5);
+
+/// An initiation in flight.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The handshake; `None` after a forged or broken response consumed it (the retry timer
+    /// still fires).
+    pub hs: Option<InitiatorHandshake>,
+    /// When the latest attempt was sent.
+    pub sent_at: Instant,
+    /// Attempts sent so far in this series.
+    pub attempts: u32,
+}
+
+/// Everything the engine knows about one peer.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// The coordinator's record (key, mesh address, candidates).
+    pub record: PeerRecord,
+    /// Pairwise key authenticating probes.
+    pub probe_key: ProbeKey,
+    /// Addresses to probe: the coordinator's plus peer-reflexive ones we learned.
+    pub candidates: Vec<Candidate>,
+    /// The probing round in progress.
+    pub round: Option<Round>,
+    /// When to start another round (set when a round failed while traffic is waiting).
+    pub next_round_at: Option<Instant>,
+    /// Confirmed remote address of the direct path.
+    pub endpoint: Option<SocketAddr>,
+    /// Round-trip time of the endpoint, measured by probes.
+    pub rtt: Option<Duration>,
+    /// Path last reported through `Event::PathChanged`.
+    pub reported_path: PathKind,
+    /// Our initiation in flight.
+    pub pending: Option<Pending>,
+    /// Newest completed session, used to send.
+    pub current: Option<Session>,
+    /// The session `current` replaced.
+    pub previous: Option<Session>,
+    /// Session completed as responder, not yet confirmed by the initiator.
+    pub next: Option<Session>,
+    /// Greatest initiation timestamp accepted from this peer.
+    pub last_init_timestamp: Option<Timestamp>,
+    /// IP packets waiting for a session.
+    pub queue: VecDeque<Vec<u8>>,
+    /// When we last asked the coordinator to make this peer punch.
+    pub last_punch_request: Option<Instant>,
+    /// When TUN last had a packet for this peer (demand for a path).
+    pub last_demand: Option<Instant>,
+    /// When we last sent anything to this peer (persistent keepalive).
+    pub last_sent: Option<Instant>,
+    /// When an authenticated packet last came from this peer.
+    pub last_received: Option<Instant>,
+    /// Since when we have sent data without hearing back (path death detection).
+    pub awaiting_reply_since: Option<Instant>,
+    /// Since when we received data without sending anything back (passive keepalive).
+    pub keepalive_owed_since: Option<Instant>,
+    /// Decrypted payload bytes received.
+    pub rx_bytes: u64,
+    /// Payload bytes sent.
+    pub tx_bytes: u64,
+    /// When the latest session was completed.
+    pub last_handshake: Option<Instant>,
+}
+
+impl Peer {
+    pub fn new(record: PeerRecord, probe_key: ProbeKey) -> Self {
+        let candidates = record
+            .candidates
+            .iter()
+            .map(|&a| Candidate::new(a, false))
+            .collect();
+        Self {
+            record,
+            probe_key,
+            candidates,
+            round: None,
+            next_round_at: None,
+            endpoint: None,
+            rtt: None,
+            reported_path: PathKind::Connecting,
+            pending: None,
+            current: None,
+            previous: None,
+            next: None,
+            last_init_timestamp: None,
+            queue: VecDeque::new(),
+            last_punch_request: None,
+            last_demand: None,
+            last_sent: None,
+            last_received: None,
+            awaiting_reply_since: None,
+            keepalive_owed_since: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            last_handshake: None,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.record.node_id
+    }
+
+    /// Drops every session and the pending handshake, releasing their indices.
+    pub fn clear_sessions(&mut self, shared: &mut Shared) {
+        for s in [self.current.take(), self.previous.take(), self.next.take()]
+            .into_iter()
+            .flatten()
+        {
+            shared.free_index(s.local_index);
+        }
+        self.clear_pending(shared);
+    }
+
+    /// Forgets the handshake in flight.
+    pub fn clear_pending(&mut self, shared: &mut Shared) {
+        if let Some(hs) = self.pending.take().and_then(|p| p.hs) {
+            shared.free_index(hs.local_index());
+        }
+    }
+
+    /// Makes `session` the current one; the old current becomes previous.
+    pub fn install_current(&mut self, session: Session, shared: &mut Shared, now: Instant) {
+        if let Some(old) = self.previous.take() {
+            shared.free_index(old.local_index);
+        }
+        self.previous = self.current.take();
+        self.current = Some(session);
+        self.last_handshake = Some(now);
+    }
+
+    /// Whether packets can be sent now.
+    pub fn can_send(&self, now: Instant) -> bool {
+        self.endpoint.is_some() && self.current.as_ref().is_some_and(|s| !s.is_expired(now))
+    }
+
+    /// The path as status and events show it.
+    pub fn path(&self) -> PathKind {
+        if self.endpoint.is_some() && self.current.is_some() {
+            PathKind::Direct
+        } else {
+            PathKind::Connecting
+        }
+    }
+
+    /// Emits `PathChanged` if the path differs from the last reported one.
+    pub fn report_path(&mut self, shared: &mut Shared) {
+        let path = self.path();
+        if path != self.reported_path {
+            self.reported_path = path;
+            debug!(peer = %self.id(), ?path, endpoint = ?self.endpoint, "path changed");
+            shared.events.push_back(Event::PathChanged {
+                peer: self.id(),
+                path,
+            });
+        }
+    }
+
+    /// Encrypts and queues one packet (empty = keepalive) on the current session. Returns false
+    /// if there is no usable session or path.
+    pub fn send_transport(&mut self, plaintext: &[u8], shared: &mut Shared, now: Instant) -> bool {
+        let (Some(dst), Some(session)) = (self.endpoint, self.current.as_mut()) else {
+            return false;
+        };
+        let mut buf = vec![0u8; plaintext.len() + TRANSPORT_OVERHEAD];
+        match session.seal(plaintext, &mut buf, now) {
+            Ok(n) => buf.truncate(n),
+            Err(e) => {
+                debug!(peer = %self.record.node_id, error = %e, "cannot seal");
+                if let Some(s) = self.current.take() {
+                    shared.free_index(s.local_index);
+                }
+                return false;
+            }
+        }
+        shared.send(dst, buf);
+        self.last_sent = Some(now);
+        self.keepalive_owed_since = None;
+        if !plaintext.is_empty() {
+            self.tx_bytes += plaintext.len() as u64;
+            self.awaiting_reply_since.get_or_insert(now);
+        }
+        let wants_rekey = session_wants_rekey(self.current.as_ref(), now);
+        if wants_rekey && self.pending.is_none() {
+            self.start_handshake(shared, now);
+        }
+        true
+    }
+
+    /// Sends everything queued, if a session and path are up.
+    pub fn flush_queue(&mut self, shared: &mut Shared, now: Instant) {
+        while self.can_send(now) {
+            let Some(pkt) = self.queue.pop_front() else {
+                break;
+            };
+            self.send_transport(&pkt, shared, now);
+        }
+    }
+
+    /// Queues a packet while connecting, dropping the oldest beyond [`MAX_QUEUED`].
+    pub fn enqueue(&mut self, packet: &[u8], shared: &mut Shared) {
+        if self.queue.len() >= MAX_QUEUED {
+            self.queue.pop_front();
+            shared.drops.queue_overflow += 1;
+        }
+        self.queue.push_back(packet.to_vec());
+    }
+
+    /// Emits a PunchRequest unless one went out within [`PUNCH_REQUEST_INTERVAL`].
+    pub fn request_punch(&mut self, shared: &mut Shared, now: Instant) {
+        let due = self
+            .last_punch_request
+            .is_none_or(|t| now.saturating_duration_since(t) >= PUNCH_REQUEST_INTERVAL);
+        if due {
+            self.last_punch_request = Some(now);
+            shared.events.push_back(Event::PunchRequest(self.id()));
+        }
+    }
+
+    /// Status for `warren status`.
+    pub fn status(&self, now: Instant) -> PeerStatus {
+        let path = self.path();
+        PeerStatus {
+            node_id: self.record.node_id,
+            name: self.record.name.clone(),
+            mesh_ip: self.record.mesh_ip,
+            path,
+            endpoint: if path == PathKind::Direct {
+                self.endpoint
+            } else {
+                None
+            },
+            rtt: self.rtt,
+            rx_bytes: self.rx_bytes,
+            tx_bytes: self.tx_bytes,
+            last_handshake: self
+                .last_handshake
+                .map(|t| now.saturating_duration_since(t)),
+        }
+    }
+}
+
+/// Whether the current session should be replaced: the initiator rekeys after REKEY_AFTER_TIME;
+/// the responder only as a fallback shortly before the session would expire.
+pub(crate) fn session_wants_rekey(session: Option<&Session>, now: Instant) -> bool {
+    session.is_some_and(|s| {
+        if s.is_initiator {
+            s.wants_rekey(now)
+        } else {
+            now.saturating_duration_since(s.created_at) >= super::timers::RESPONDER_REKEY_AFTER
+        }
+    })
+}

@@ -1,0 +1,181 @@
+//! Per-peer timers as data (sans-IO, engine layer).
+//!
+//! There is no polling tick: each [`Timer`] derives its deadline from the peer's state, the
+//! engine reports the earliest one through `poll_timeout`, and `handle_timeout` fires every timer
+//! that is due. Firing a timer always changes the state its deadline derives from, so a due timer
+//! can never fire in a loop.
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::peer::{session_wants_rekey, Peer};
+use super::punch::ROUND_INTERVAL;
+use super::shared::Shared;
+use super::PathKind;
+use crate::noise::{
+    KEEPALIVE_TIMEOUT, PASSIVE_KEEPALIVE, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT,
+};
+
+/// A direct path on which we sent data and heard nothing back for this long is dead: the peer
+/// owes us a passive keepalive after [`PASSIVE_KEEPALIVE`] (10 s), plus one [`REKEY_TIMEOUT`]
+/// (5 s) of slack for latency and loss. WireGuard uses the same sum to trigger a new handshake.
+pub const PATH_DEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Initiations sent over a path without any response before the path is declared dead
+/// (3 × REKEY_TIMEOUT = 15 s, matching [`PATH_DEAD_TIMEOUT`]).
+pub const MAX_HANDSHAKE_ATTEMPTS: u32 = 3;
+/// A responder starts its own rekey this late if the initiator did not rekey
+/// (WireGuard's receive-side margin: REJECT_AFTER_TIME − KEEPALIVE_TIMEOUT − REKEY_TIMEOUT).
+pub const RESPONDER_REKEY_AFTER: Duration = Duration::from_secs(165);
+
+/// Everything a peer may be waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// Next probe volley of the running round.
+    ProbeVolley,
+    /// End of the running round.
+    RoundEnd,
+    /// Start of the next round (traffic waiting, no path).
+    NextRound,
+    /// Initiation unanswered for REKEY_TIMEOUT.
+    HandshakeRetry,
+    /// Idle direct path: keep the NAT mapping open.
+    PersistentKeepalive,
+    /// Data received and nothing sent back: tell the sender we are alive.
+    PassiveKeepalive,
+    /// Data sent and nothing received for PATH_DEAD_TIMEOUT.
+    PathDead,
+    /// Current session old enough to replace.
+    Rekey,
+    /// Some session reaches REJECT_AFTER_TIME.
+    SessionExpiry,
+}
+
+const ALL: [Timer; 9] = [
+    Timer::ProbeVolley,
+    Timer::RoundEnd,
+    Timer::NextRound,
+    Timer::HandshakeRetry,
+    Timer::PersistentKeepalive,
+    Timer::PassiveKeepalive,
+    Timer::PathDead,
+    Timer::Rekey,
+    Timer::SessionExpiry,
+];
+
+impl Peer {
+    /// Whether traffic for this peer is waiting or was recent (worth punching for).
+    pub fn has_demand(&self, now: Instant) -> bool {
+        !self.queue.is_empty()
+            || self
+                .last_demand
+                .is_some_and(|t| now.saturating_duration_since(t) < ROUND_INTERVAL)
+    }
+
+    fn deadline(&self, timer: Timer) -> Option<Instant> {
+        let direct = self.path() == PathKind::Direct;
+        match timer {
+            Timer::ProbeVolley => self.round.as_ref().and_then(|r| r.next_probe_at),
+            Timer::RoundEnd => self.round.as_ref().map(|r| r.ends_at()),
+            Timer::NextRound => self.next_round_at,
+            Timer::HandshakeRetry => self.pending.as_ref().map(|p| p.sent_at + REKEY_TIMEOUT),
+            Timer::PersistentKeepalive => {
+                let since = self
+                    .last_sent
+                    .or(self.current.as_ref().map(|s| s.created_at))?;
+                direct.then_some(since + KEEPALIVE_TIMEOUT)
+            }
+            Timer::PassiveKeepalive => {
+                direct.then_some(self.keepalive_owed_since? + PASSIVE_KEEPALIVE)
+            }
+            Timer::PathDead => {
+                self.endpoint?;
+                Some(self.awaiting_reply_since? + PATH_DEAD_TIMEOUT)
+            }
+            Timer::Rekey => {
+                if self.endpoint.is_none() || self.pending.is_some() {
+                    return None;
+                }
+                let s = self.current.as_ref()?;
+                let after = if s.is_initiator {
+                    REKEY_AFTER_TIME
+                } else {
+                    RESPONDER_REKEY_AFTER
+                };
+                Some(s.created_at + after)
+            }
+            Timer::SessionExpiry => [&self.current, &self.previous, &self.next]
+                .into_iter()
+                .filter_map(|s| s.as_ref().map(|s| s.created_at + REJECT_AFTER_TIME))
+                .min(),
+        }
+    }
+
+    /// The earliest deadline of any timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        ALL.iter().filter_map(|&t| self.deadline(t)).min()
+    }
+
+    /// Fires every due timer.
+    pub fn on_timeout(&mut self, shared: &mut Shared, now: Instant) {
+        for timer in ALL {
+            if self.deadline(timer).is_some_and(|d| d <= now) {
+                self.fire(timer, shared, now);
+            }
+        }
+        self.report_path(shared);
+    }
+
+    fn fire(&mut self, timer: Timer, shared: &mut Shared, now: Instant) {
+        match timer {
+            Timer::ProbeVolley => self.probe_volley(shared, now),
+            Timer::RoundEnd => {
+                if let Some(round) = self.round.take() {
+                    if self.endpoint.is_none() && self.has_demand(now) {
+                        debug!(peer = %self.id(), "probing round found no path");
+                        self.next_round_at = Some(round.started + ROUND_INTERVAL);
+                    }
+                }
+            }
+            Timer::NextRound => {
+                self.next_round_at = None;
+                if self.endpoint.is_none() && self.has_demand(now) {
+                    self.request_punch(shared, now);
+                    self.start_round(shared, now);
+                }
+            }
+            Timer::HandshakeRetry => {
+                let attempts = self.pending.as_ref().map_or(0, |p| p.attempts);
+                if attempts >= MAX_HANDSHAKE_ATTEMPTS {
+                    debug!(peer = %self.id(), attempts, "handshake unanswered");
+                    self.path_dead(shared, now);
+                } else {
+                    self.start_handshake(shared, now);
+                }
+            }
+            Timer::PersistentKeepalive | Timer::PassiveKeepalive => {
+                self.send_transport(&[], shared, now);
+            }
+            Timer::PathDead => self.path_dead(shared, now),
+            Timer::Rekey => {
+                if session_wants_rekey(self.current.as_ref(), now) {
+                    debug!(peer = %self.id(), "rekey");
+                    self.start_handshake(shared, now);
+                }
+            }
+            Timer::SessionExpiry => {
+                for slot in [&mut self.current, &mut self.previous, &mut self.next] {
+                    if slot.as_ref().is_some_and(|s| s.is_expired(now)) {
+                        if let Some(s) = slot.take() {
+                            debug!(peer = %self.record.node_id, index = s.local_index.0, "session expired");
+                            shared.free_index(s.local_index);
+                        }
+                    }
+                }
+                if self.current.is_none() && self.endpoint.is_some() && self.pending.is_none() {
+                    self.start_handshake(shared, now);
+                }
+            }
+        }
+    }
+}
