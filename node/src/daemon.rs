@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +24,7 @@ use warren_proto::noise::CipherSuite;
 
 use crate::control::{ControlEvent, Welcome};
 use crate::socket::{forward_quic, route, QuicDatagram, Route, MAX_DATAGRAM};
-use crate::state::SavedState;
+use crate::state::{self, SavedState};
 use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
 
 /// Datagrams (or TUN packets) handled per wake-up before the engine's output is flushed; bounds
@@ -58,6 +59,8 @@ pub struct Daemon {
     peers: HashMap<NodeId, PeerRecord>,
     /// This node's part of the status report.
     me: SelfStatus,
+    /// The state directory (for the peer cache).
+    dir: PathBuf,
 }
 
 /// Why the daemon loop ended.
@@ -89,8 +92,9 @@ pub fn new_engine(node_id: NodeId, key: PrivateKey) -> Engine {
 }
 
 impl Daemon {
-    /// A daemon for the node described by `state`.
-    pub fn new(state: &SavedState, key: PrivateKey, io: Io) -> Self {
+    /// A daemon for the node described by `state`, starting from the cached peer list so that
+    /// tunnels come back even while the coordinator is unreachable.
+    pub fn new(dir: &Path, state: &SavedState, key: PrivateKey, io: Io) -> Self {
         let me = SelfStatus {
             name: state.name.clone(),
             ip: state.mesh_ip,
@@ -99,11 +103,29 @@ impl Daemon {
             reflexive: None,
             coordinator: Link::Disconnected,
         };
+        let mut engine = new_engine(state.node_id, key);
+        let cached: Vec<PeerRecord> = state::load_peers(dir)
+            .into_iter()
+            .filter(|p| p.node_id != state.node_id)
+            .collect();
+        if !cached.is_empty() {
+            tracing::info!(peers = cached.len(), "restored the cached peer list");
+            engine.set_peers(&cached, Instant::now());
+        }
         Self {
-            engine: new_engine(state.node_id, key),
+            engine,
             io,
-            peers: HashMap::new(),
+            peers: cached.into_iter().map(|p| (p.node_id, p)).collect(),
             me,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Saves the peer list for the next start.
+    fn save_peers(&self) {
+        let peers: Vec<PeerRecord> = self.peers.values().cloned().collect();
+        if let Err(e) = state::save_peers(&self.dir, &peers) {
+            tracing::warn!(error = %e, "cannot save the peer cache");
         }
     }
 
@@ -239,6 +261,7 @@ impl Daemon {
             .collect();
         self.engine.set_peers(&others, now);
         self.peers = others.into_iter().map(|p| (p.node_id, p)).collect();
+        self.save_peers();
         tracing::info!(peers = self.peers.len(), reflexive = %w.reflexive, "peer list received");
     }
 
@@ -249,11 +272,13 @@ impl Daemon {
                 tracing::debug!(peer = %peer.node_id, name = %peer.name, online = peer.online, "peer update");
                 self.engine.upsert_peer(&peer, now);
                 self.peers.insert(peer.node_id, peer);
+                self.save_peers();
             }
             CoordMessage::PeerRemoved { node_id } => {
                 tracing::info!(peer = %node_id, "peer removed");
                 self.engine.remove_peer(node_id);
                 self.peers.remove(&node_id);
+                self.save_peers();
             }
             CoordMessage::Punch { peer, candidates } => {
                 tracing::debug!(%peer, ?candidates, "punch order");

@@ -5,6 +5,8 @@
 //!   a key that group or others can read.
 //! - `state.json`: [`SavedState`] (node id, name, mesh address, network, coordinator addresses,
 //!   pinned certificate fingerprint, UDP port, TUN name).
+//! - `peers.json`: the coordinator's last peer list, so that `up` restores tunnels even while the
+//!   coordinator is unreachable (replaced by the fresh list on every login).
 //! - `warren.sock`: the running daemon's status socket (mode 0600), absent when it is stopped.
 //!
 //! `join` must never leave a half-written directory behind, so it works in a [`Pending`] directory
@@ -21,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use warren_proto::control::PeerRecord;
 use warren_proto::ids::{MeshIp, MeshNetwork, NodeId, PrivateKey};
 use warren_proto::token::CoordinatorAddr;
 
@@ -34,6 +37,8 @@ pub const KEY_FILE: &str = "key";
 pub const STATE_FILE: &str = "state.json";
 /// Name of the daemon's status socket.
 pub const SOCKET_FILE: &str = "warren.sock";
+/// Name of the cached peer list (so `up` can restore tunnels while the coordinator is down).
+pub const PEERS_FILE: &str = "peers.json";
 
 /// What a joined node remembers between runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +243,27 @@ pub fn load(dir: &Path) -> anyhow::Result<(PrivateKey, SavedState)> {
     Ok((PrivateKey(secret), state))
 }
 
+/// Replaces the cached peer list (write to a temporary file, then rename).
+pub fn save_peers(dir: &Path, peers: &[PeerRecord]) -> anyhow::Result<()> {
+    let json = serde_json::to_vec(peers).context("serializing peers")?;
+    let tmp = dir.join(format!(".{PEERS_FILE}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    write_private(&tmp, &json)?;
+    fs::rename(&tmp, dir.join(PEERS_FILE)).context("replacing the peer cache")
+}
+
+/// The cached peer list; empty if there is none or it cannot be read.
+pub fn load_peers(dir: &Path) -> Vec<PeerRecord> {
+    let path = dir.join(PEERS_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable peer cache");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
@@ -375,5 +401,31 @@ pub(crate) mod tests {
             Some(NodeError::CorruptState { .. })
         ));
         fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn peer_cache_round_trips_and_tolerates_garbage() {
+        let dir = scratch("peers");
+        assert!(load_peers(&dir).is_empty());
+        let peer = PeerRecord {
+            node_id: NodeId(2),
+            name: "b".into(),
+            public_key: PrivateKey::from_random([2; 32]).public_key(),
+            mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, 2)),
+            online: true,
+            candidates: vec!["192.0.2.1:5".parse().unwrap()],
+        };
+        save_peers(&dir, std::slice::from_ref(&peer)).unwrap();
+        save_peers(&dir, std::slice::from_ref(&peer)).unwrap();
+        assert_eq!(load_peers(&dir), vec![peer]);
+        let mode = fs::metadata(dir.join(PEERS_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::write(dir.join(PEERS_FILE), b"{nonsense").unwrap();
+        assert!(load_peers(&dir).is_empty());
+        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -182,6 +182,8 @@ fn join_status_shutdown_and_up() {
         "the coordinator saw the data socket"
     );
     assert_eq!(status["peers"][0]["name"], "peer-two");
+    let cached = std::fs::read_to_string(dir.join("peers.json")).unwrap();
+    assert!(cached.contains("peer-two"), "{cached}");
     assert_eq!(status["peers"][0]["ip"], "100.77.0.2");
     assert!(
         ["connecting", "direct", "relay"].contains(&status["peers"][0]["path"].as_str().unwrap())
