@@ -68,6 +68,12 @@ mod tests {
         assert!(!verify(&eph, &node.public_key(), &nonce, b"conn-b", &p));
         assert!(!verify(&eph, &node.public_key(), &[5; 32], b"conn-a", &p));
         let forged = prove(&other, &eph.public_key(), &nonce, b"conn-a");
-        assert!(!verify(&eph, &node.public_key(), &nonce, b"conn-a", &forged));
+        assert!(!verify(
+            &eph,
+            &node.public_key(),
+            &nonce,
+            b"conn-a",
+            &forged
+        ));
     }
 }
