@@ -50,6 +50,8 @@ pub struct DropCounters {
     pub tun_unknown_dst: u64,
     /// TUN packet dropped because the peer's connect queue was full (oldest dropped).
     pub queue_overflow: u64,
+    /// TUN packet dropped because no path was found while it waited in the connect queue.
+    pub queue_expired: u64,
 }
 
 /// Engine-wide state shared by the per-peer logic.

@@ -64,12 +64,10 @@ const ALL: [Timer; 9] = [
 ];
 
 impl Peer {
-    /// Whether traffic for this peer is waiting or was recent (worth punching for).
+    /// Whether traffic for this peer was recent (worth punching for).
     pub fn has_demand(&self, now: Instant) -> bool {
-        !self.queue.is_empty()
-            || self
-                .last_demand
-                .is_some_and(|t| now.saturating_duration_since(t) < ROUND_INTERVAL)
+        self.last_demand
+            .is_some_and(|t| now.saturating_duration_since(t) < ROUND_INTERVAL)
     }
 
     fn deadline(&self, timer: Timer) -> Option<Instant> {
@@ -134,6 +132,10 @@ impl Peer {
                     if self.endpoint.is_none() && self.has_demand(now) {
                         debug!(peer = %self.id(), "probing round found no path");
                         self.next_round_at = Some(round.started + ROUND_INTERVAL);
+                    } else if self.endpoint.is_none() {
+                        // Nobody is waiting any more: queued packets are stale.
+                        shared.drops.queue_expired += self.queue.len() as u64;
+                        self.queue.clear();
                     }
                 }
             }

@@ -1,0 +1,275 @@
+//! Deterministic simulation tests of the engine: NAT traversal outcomes, loss, roaming, rekey,
+//! session expiry, and refusal of garbage and replays.
+
+#![allow(clippy::unwrap_used)]
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{NatKind, Sim};
+use warren_proto::engine::PathKind;
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+/// Two nodes, `a` behind `ka` and `b` behind `kb` (None = open), introduced to each other.
+fn pair(ka: Option<NatKind>, kb: Option<NatKind>, seed: u64) -> Sim {
+    let mut s = Sim::new(seed);
+    let sa = ka.map(|k| s.add_nat(k));
+    let sb = kb.map(|k| s.add_nat(k));
+    s.add_node(sa);
+    s.add_node(sb);
+    s.introduce_all();
+    s
+}
+
+fn assert_connects_both_ways(s: &mut Sim) {
+    s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);
+    assert!(
+        s.direct(0, 1),
+        "not direct: {:?} / {:?}",
+        s.status(0, 1),
+        s.status(1, 0)
+    );
+    let ra = s.received_from(1, 0);
+    let rb = s.received_from(0, 1);
+    assert!(ra.len() > 30, "b got {} packets from a", ra.len());
+    assert!(rb.len() > 30, "a got {} packets from b", rb.len());
+    // After connecting, every packet arrives: the last ones sent are all there.
+    for seq in 40..49 {
+        assert!(ra.contains(&seq) && rb.contains(&seq), "seq {seq} missing");
+    }
+    let st = s.status(0, 1);
+    assert!(st.rtt.is_some() && st.rx_bytes > 0 && st.tx_bytes > 0 && st.last_handshake.is_some());
+}
+
+#[test]
+fn eim_eim_goes_direct() {
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 1);
+    assert_connects_both_ways(&mut s);
+    // The path is the peer's NAT address.
+    let ep = s.status(0, 1).endpoint.unwrap();
+    assert_eq!(ep.ip(), std::net::IpAddr::from(s.nats[1].public_ip));
+}
+
+#[test]
+fn open_eim_goes_direct() {
+    let mut s = pair(None, Some(NatKind::Eim), 2);
+    assert_connects_both_ways(&mut s);
+    assert_eq!(s.status(1, 0).endpoint, Some(s.nodes[0].local));
+}
+
+#[test]
+fn lan_lan_uses_lan_address() {
+    let mut s = Sim::new(3);
+    let site = s.add_nat(NatKind::Eim);
+    s.add_node(Some(site));
+    s.add_node(Some(site));
+    s.introduce_all();
+    assert_connects_both_ways(&mut s);
+    assert_eq!(s.status(0, 1).endpoint, Some(s.nodes[1].local));
+    assert_eq!(s.status(1, 0).endpoint, Some(s.nodes[0].local));
+    assert!(s.status(0, 1).rtt.unwrap() < 10 * MS);
+}
+
+#[test]
+fn sym_sym_never_direct() {
+    let mut s = pair(Some(NatKind::Sym), Some(NatKind::Sym), 4);
+    s.traffic_both_ways(0, 1, 500 * MS, 120 * SEC);
+    assert_eq!(s.status(0, 1).path, PathKind::Connecting);
+    assert_eq!(s.status(1, 0).path, PathKind::Connecting);
+    assert!(s.received_from(1, 0).is_empty());
+    // Rounds repeat while traffic waits (about every 30 s), and the peer is asked each time.
+    assert!(s.punches >= 3, "only {} punch orders", s.punches);
+    // Punching stops once the traffic does.
+    s.run_for(120 * SEC);
+    assert!(s.nodes[0].engine.drop_counters().queue_expired > 0);
+    assert!(
+        s.nodes[0].engine.poll_timeout().is_none(),
+        "idle connecting peer keeps timers"
+    );
+}
+
+#[test]
+fn eim_eim_with_loss_connects() {
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 5);
+    s.loss = 0.2;
+    s.traffic_both_ways(0, 1, 200 * MS, 60 * SEC);
+    assert!(s.direct(0, 1), "{:?}", s.status(0, 1));
+    assert!(s.received_from(1, 0).len() > 100);
+    assert!(s.received_from(0, 1).len() > 100);
+}
+
+#[test]
+fn nat_rebinding_is_followed() {
+    // The peer is open, so packets from the new mapping reach it and it must roam to them.
+    let mut s = pair(Some(NatKind::Eim), None, 6);
+    s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);
+    assert!(s.direct(0, 1));
+    let old = s.status(1, 0).endpoint.unwrap();
+    let inside = s.nodes[0].local;
+    s.nats[0].rebind(inside);
+    s.nodes[1].tun_rx.clear();
+    s.nodes[0].tun_rx.clear();
+    s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);
+    let new = s.status(1, 0).endpoint.unwrap();
+    assert_ne!(old, new, "b did not roam to a's new mapping");
+    assert_eq!(new.ip(), old.ip());
+    assert!(s.direct(0, 1));
+    assert!(s.received_from(1, 0).len() > 40);
+    assert!(
+        s.received_from(0, 1).len() > 40,
+        "b's replies do not reach a's new mapping"
+    );
+}
+
+#[test]
+fn nat_rebinding_behind_filtering_nat_repunches() {
+    // b's NAT filters a's new mapping: a must notice the dead path and punch again.
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 12);
+    s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);
+    assert!(s.direct(0, 1));
+    let old = s.status(1, 0).endpoint.unwrap();
+    let inside = s.nodes[0].local;
+    s.nats[0].rebind(inside);
+    s.traffic_both_ways(0, 1, 100 * MS, 40 * SEC);
+    s.nodes[1].tun_rx.clear();
+    s.nodes[0].tun_rx.clear();
+    s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);
+    assert!(s.direct(0, 1), "{:?}", s.status(0, 1));
+    assert_ne!(s.status(1, 0).endpoint.unwrap(), old);
+    assert!(s.received_from(1, 0).len() > 40);
+    assert!(s.received_from(0, 1).len() > 40);
+}
+
+#[test]
+fn traffic_survives_rekey() {
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 7);
+    s.traffic_both_ways(0, 1, SEC, 400 * SEC);
+    let ra = s.received_from(1, 0);
+    let rb = s.received_from(0, 1);
+    // Everything after the first couple of seconds arrives, across three rekeys.
+    for seq in 3..399 {
+        assert!(ra.contains(&seq), "b missed {seq}");
+        assert!(rb.contains(&seq), "a missed {seq}");
+    }
+    assert!(s.status(0, 1).last_handshake.unwrap() < 130 * SEC);
+    assert_eq!(s.nodes[1].engine.drop_counters().expired, 0);
+}
+
+#[test]
+fn sessions_rejected_after_reject_time_without_rekey() {
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 8);
+    s.traffic_both_ways(0, 1, SEC, 5 * SEC);
+    assert!(s.direct(0, 1));
+    s.block_handshakes = true;
+    let t0 = s.now;
+    s.traffic_both_ways(0, 1, SEC, 200 * SEC);
+    let _ = t0;
+    let ra = s.received_from(1, 0);
+    // Sessions were made within the first seconds; nothing may pass after 180 s of age.
+    assert!(ra.contains(&100));
+    assert!(
+        ra.iter().all(|&seq| seq < 180),
+        "packet delivered on an expired session"
+    );
+    assert_ne!(s.status(0, 1).path, PathKind::Direct);
+}
+
+#[test]
+fn garbage_and_unknown_keys_get_no_reply() {
+    use rand::{RngCore, SeedableRng};
+    use warren_proto::ids::{NodeId, PrivateKey, SessionIndex};
+    use warren_proto::noise::{CipherSuite, InitiatorHandshake, Timestamp};
+
+    let mut s = pair(None, None, 9);
+    let now = s.now;
+    let from: std::net::SocketAddr = "192.0.2.99:1234".parse().unwrap();
+    let mut out = [0u8; 2048];
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+    let engine = &mut s.nodes[1].engine;
+    for _ in 0..5000 {
+        let mut g = vec![0u8; (rng.next_u32() % 200) as usize];
+        rng.fill_bytes(&mut g);
+        if let Some(b) = g.first_mut() {
+            *b %= 6;
+        }
+        assert_eq!(engine.handle_datagram(from, &g, &mut out, now), None);
+    }
+    // An authentic initiation from a key nobody listed.
+    let stranger = PrivateKey::from_random([77; 32]);
+    let (_, init) = InitiatorHandshake::start(
+        CipherSuite::ChaChaPoly,
+        &stranger,
+        &engine.public_key(),
+        SessionIndex(5),
+        Timestamp::from_unix_nanos(1),
+        [1; 32],
+    )
+    .unwrap();
+    engine.handle_datagram(from, &init, &mut out, now);
+    // A probe claiming to be a listed peer, with a wrong MAC.
+    let mut probe = warren_proto::packet::encode_probe_body(NodeId(1), 5);
+    probe.extend_from_slice(&[0u8; 16]);
+    engine.handle_datagram(from, &probe, &mut out, now);
+    assert!(
+        engine.poll_transmit().is_none(),
+        "replied to unauthenticated input"
+    );
+    assert!(engine.poll_event().is_none());
+    let d = engine.drop_counters();
+    assert_eq!(d.handshake_unknown_key, 1);
+    assert_eq!(d.probe_bad_mac, 1);
+    assert!(d.malformed > 1000);
+}
+
+#[test]
+fn replayed_transport_and_handshake_rejected() {
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 10);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    let (from, data) = s
+        .delivered_log
+        .iter()
+        .rev()
+        .find(|(to, _, p)| *to == 1 && p[0] == 3 && p.len() > 40)
+        .map(|(_, f, p)| (*f, p.clone()))
+        .unwrap();
+    let (init_to, init_from, init) = s
+        .delivered_log
+        .iter()
+        .find(|(_, _, p)| p[0] == 1)
+        .map(|(t, f, p)| (*t, *f, p.clone()))
+        .unwrap();
+    let now = s.now;
+    let mut out = [0u8; 2048];
+    let e = &mut s.nodes[1].engine;
+    while e.poll_transmit().is_some() {}
+    let before = e.drop_counters().clone();
+    assert_eq!(e.handle_datagram(from, &data, &mut out, now), None);
+    assert_eq!(e.drop_counters().replayed, before.replayed + 1);
+    let e = &mut s.nodes[init_to].engine;
+    while e.poll_transmit().is_some() {}
+    let before = e.drop_counters().clone();
+    e.handle_datagram(init_from, &init, &mut out, now);
+    assert_eq!(
+        e.drop_counters().handshake_replay,
+        before.handshake_replay + 1
+    );
+    assert!(e.poll_transmit().is_none(), "replayed initiation answered");
+}
+
+#[test]
+fn deterministic_given_seeds() {
+    let run = || {
+        let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 11);
+        s.loss = 0.1;
+        s.traffic_both_ways(0, 1, 100 * MS, 10 * SEC);
+        s.delivered_log
+            .iter()
+            .map(|(_, _, p)| p.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}

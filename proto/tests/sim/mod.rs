@@ -1,0 +1,475 @@
+//! A deterministic network simulator for the engine: one simulated clock, per-link latency,
+//! seeded loss, NAT models (RFC 4787 vocabulary) and a coordinator that relays punch requests.
+//! Nothing here reads the real clock except the single base `Instant`.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use warren_proto::control::PeerRecord;
+use warren_proto::engine::{Engine, EngineConfig, Event, PathKind, PeerStatus};
+use warren_proto::ids::{MeshIp, NodeId, PrivateKey};
+use warren_proto::noise::CipherSuite;
+
+/// The coordinator's address (nodes' reflexive candidates are their mapping towards it).
+pub const COORD: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 7443));
+/// The node's data port (inside its host).
+pub const PORT: u16 = 41641;
+
+/// How a site's router treats UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping, port-preserving; address+port-dependent filtering.
+    Eim,
+    /// Endpoint-dependent mapping (new random port per destination); same filtering.
+    Sym,
+}
+
+/// A NAT router.
+pub struct Nat {
+    /// Behaviour.
+    pub kind: NatKind,
+    /// Its public address.
+    pub public_ip: Ipv4Addr,
+    /// (inside, destination for Sym) → public port.
+    mappings: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
+    /// public port → (inside, remotes it sent to).
+    reverse: HashMap<u16, (SocketAddr, HashSet<SocketAddr>)>,
+}
+
+impl Nat {
+    fn new(kind: NatKind, public_ip: Ipv4Addr) -> Self {
+        Self {
+            kind,
+            public_ip,
+            mappings: HashMap::new(),
+            reverse: HashMap::new(),
+        }
+    }
+
+    fn outbound(&mut self, src: SocketAddr, dst: SocketAddr, rng: &mut ChaCha20Rng) -> SocketAddr {
+        let key = (src, (self.kind == NatKind::Sym).then_some(dst));
+        let port = match self.mappings.get(&key) {
+            Some(&p) => p,
+            None => {
+                let mut p = src.port();
+                if self.kind == NatKind::Sym || self.reverse.contains_key(&p) {
+                    p = loop {
+                        let c = rng.gen_range(1024..=65535);
+                        if !self.reverse.contains_key(&c) {
+                            break c;
+                        }
+                    };
+                }
+                self.mappings.insert(key, p);
+                self.reverse.insert(p, (src, HashSet::new()));
+                p
+            }
+        };
+        self.reverse.get_mut(&port).unwrap().1.insert(dst);
+        SocketAddr::new(self.public_ip.into(), port)
+    }
+
+    fn inbound(&self, port: u16, from: SocketAddr) -> Option<SocketAddr> {
+        let (inside, allowed) = self.reverse.get(&port)?;
+        allowed.contains(&from).then_some(*inside)
+    }
+
+    /// Forgets every mapping of `inside` (a NAT reboot or timeout): the next packet gets a new
+    /// port.
+    pub fn rebind(&mut self, inside: SocketAddr) {
+        self.mappings.retain(|k, _| k.0 != inside);
+        let ports: Vec<u16> = self
+            .reverse
+            .iter()
+            .filter(|(_, v)| v.0 == inside)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in ports {
+            self.reverse.remove(&p);
+        }
+        // Occupy the old port so that the new mapping must differ (port-preservation fails).
+        self.reverse.insert(
+            inside.port(),
+            (SocketAddr::from(([0, 0, 0, 0], 0)), HashSet::new()),
+        );
+    }
+}
+
+/// A node in the simulation.
+pub struct Node {
+    /// The engine under test.
+    pub engine: Engine,
+    /// Its coordinator id.
+    pub id: NodeId,
+    /// Its mesh address.
+    pub mesh_ip: Ipv4Addr,
+    /// Its static key.
+    pub key: PrivateKey,
+    /// Its address on its host (public for open nodes).
+    pub local: SocketAddr,
+    /// Its site (index into `Sim::nats`), `None` when open.
+    pub site: Option<usize>,
+    /// IP packets its TUN received.
+    pub tun_rx: Vec<Vec<u8>>,
+}
+
+enum Item {
+    Datagram {
+        to: usize,
+        from: SocketAddr,
+        payload: Vec<u8>,
+    },
+    Punch {
+        to: usize,
+        peer: usize,
+    },
+}
+
+/// The simulated world.
+pub struct Sim {
+    /// Simulated now.
+    pub now: Instant,
+    /// Start of the simulation.
+    pub start: Instant,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// NAT routers (sites).
+    pub nats: Vec<Nat>,
+    /// One-way latency between sites.
+    pub wan_latency: Duration,
+    /// One-way latency inside a site.
+    pub lan_latency: Duration,
+    /// Probability of losing each WAN datagram.
+    pub loss: f64,
+    /// Drop handshake datagrams (types 1 and 2) when set.
+    pub block_handshakes: bool,
+    /// Every datagram delivered: (to node, from, payload), for replay tests.
+    pub delivered_log: Vec<(usize, SocketAddr, Vec<u8>)>,
+    /// Punch orders the coordinator sent.
+    pub punches: usize,
+    rng: ChaCha20Rng,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    items: HashMap<u64, Item>,
+    seq: u64,
+}
+
+impl Sim {
+    /// An empty world with the given loss seed.
+    pub fn new(seed: u64) -> Self {
+        let start = Instant::now();
+        Self {
+            now: start,
+            start,
+            nodes: Vec::new(),
+            nats: Vec::new(),
+            wan_latency: Duration::from_millis(20),
+            lan_latency: Duration::from_millis(1),
+            loss: 0.0,
+            block_handshakes: false,
+            delivered_log: Vec::new(),
+            punches: 0,
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            queue: BinaryHeap::new(),
+            items: HashMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// Adds a NAT site; returns its index.
+    pub fn add_nat(&mut self, kind: NatKind) -> usize {
+        let i = self.nats.len();
+        self.nats
+            .push(Nat::new(kind, Ipv4Addr::new(198, 51, 100, 10 + i as u8)));
+        i
+    }
+
+    /// Adds a node, open (`site` None) or behind a NAT site; returns its index.
+    pub fn add_node(&mut self, site: Option<usize>) -> usize {
+        let i = self.nodes.len();
+        let n = i as u8 + 1;
+        let local = match site {
+            None => SocketAddr::from(([192, 0, 2, 10 + n], PORT)),
+            Some(s) => SocketAddr::from(([10, s as u8, 0, 10 + n], PORT)),
+        };
+        let key = PrivateKey::from_random([n; 32]);
+        let mesh_ip = Ipv4Addr::new(100, 80, 0, n);
+        let config = EngineConfig {
+            node_id: NodeId(u64::from(n)),
+            private_key: key.clone(),
+            suite: if i % 2 == 0 {
+                CipherSuite::ChaChaPoly
+            } else {
+                CipherSuite::AesGcm
+            },
+            wall_clock_base_nanos: 1_750_000_000_000_000_000,
+        };
+        let engine = Engine::new(config, [n.wrapping_mul(31); 32], self.now);
+        self.nodes.push(Node {
+            engine,
+            id: NodeId(u64::from(n)),
+            mesh_ip,
+            key,
+            local,
+            site,
+            tun_rx: Vec::new(),
+        });
+        i
+    }
+
+    /// The candidates the coordinator knows for node `i`: reflexive first, then local.
+    pub fn candidates(&mut self, i: usize) -> Vec<SocketAddr> {
+        let local = self.nodes[i].local;
+        match self.nodes[i].site {
+            None => vec![local],
+            Some(s) => {
+                let refl = self.nats[s].outbound(local, COORD, &mut self.rng);
+                vec![refl, local]
+            }
+        }
+    }
+
+    /// The record of node `i` as the coordinator sends it.
+    pub fn record(&mut self, i: usize) -> PeerRecord {
+        let candidates = self.candidates(i);
+        let n = &self.nodes[i];
+        PeerRecord {
+            node_id: n.id,
+            name: format!("node{i}"),
+            public_key: n.key.public_key(),
+            mesh_ip: MeshIp(n.mesh_ip),
+            online: true,
+            candidates,
+        }
+    }
+
+    /// Tells every node about every other (the coordinator's Welcome).
+    pub fn introduce_all(&mut self) {
+        let records: Vec<PeerRecord> = (0..self.nodes.len()).map(|i| self.record(i)).collect();
+        let now = self.now;
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let others: Vec<PeerRecord> = records
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, r)| r.clone())
+                .collect();
+            n.engine.set_peers(&others, now);
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, item: Item) {
+        self.seq += 1;
+        self.items.insert(self.seq, item);
+        self.queue.push(Reverse((at, self.seq)));
+    }
+
+    fn node_at(&self, addr: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n.local == addr)
+    }
+
+    /// Routes a datagram node `from` sent to `dst` through LAN, NATs and WAN.
+    fn route(&mut self, from: usize, dst: SocketAddr, payload: Vec<u8>) {
+        if self.block_handshakes && matches!(payload.first(), Some(1 | 2)) {
+            return;
+        }
+        let src_local = self.nodes[from].local;
+        let site = self.nodes[from].site;
+        // Same LAN: straight to the neighbour.
+        if let Some(s) = site {
+            if let Some(to) = self.node_at(dst).filter(|&t| self.nodes[t].site == Some(s)) {
+                let at = self.now + self.lan_latency;
+                self.schedule(
+                    at,
+                    Item::Datagram {
+                        to,
+                        from: src_local,
+                        payload,
+                    },
+                );
+                return;
+            }
+        }
+        let src = match site {
+            Some(s) => self.nats[s].outbound(src_local, dst, &mut self.rng),
+            None => src_local,
+        };
+        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+            return;
+        }
+        let to = if let Some(s) = self.nats.iter().position(|n| dst.ip() == n.public_ip) {
+            if Some(s) == site {
+                return; // no hairpinning
+            }
+            self.nats[s]
+                .inbound(dst.port(), src)
+                .and_then(|inside| self.node_at(inside))
+        } else {
+            self.node_at(dst).filter(|&t| self.nodes[t].site.is_none())
+        };
+        if let Some(to) = to {
+            let at = self.now + self.wan_latency;
+            self.schedule(
+                at,
+                Item::Datagram {
+                    to,
+                    from: src,
+                    payload,
+                },
+            );
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        for i in 0..self.nodes.len() {
+            while let Some(t) = self.nodes[i].engine.poll_transmit() {
+                self.route(i, t.dst, t.payload);
+            }
+            while let Some(ev) = self.nodes[i].engine.poll_event() {
+                if let Event::PunchRequest(peer) = ev {
+                    if let Some(j) = self.nodes.iter().position(|n| n.id == peer) {
+                        // Request reaches the coordinator, which tells both at once.
+                        let at = self.now + self.wan_latency * 2;
+                        self.punches += 1;
+                        self.schedule(at, Item::Punch { to: i, peer: j });
+                        self.schedule(at, Item::Punch { to: j, peer: i });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the world until `until` (absolute).
+    pub fn run_until(&mut self, until: Instant) {
+        let mut steps = 0u64;
+        loop {
+            steps += 1;
+            assert!(steps < 5_000_000, "simulation does not settle");
+            self.drain_outputs();
+            let next_item = self.queue.peek().map(|r| r.0 .0);
+            let next_timer = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.engine.poll_timeout())
+                .min();
+            let next = match (next_item, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+                if at > self.now {
+                    break;
+                }
+                self.queue.pop();
+                if let Some(item) = self.items.remove(&seq) {
+                    self.deliver(item);
+                }
+            }
+            let now = self.now;
+            for n in &mut self.nodes {
+                if n.engine.poll_timeout().is_some_and(|t| t <= now) {
+                    n.engine.handle_timeout(now);
+                }
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs for `d` more.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn deliver(&mut self, item: Item) {
+        let now = self.now;
+        match item {
+            Item::Datagram { to, from, payload } => {
+                let mut buf = [0u8; 2048];
+                let n = &mut self.nodes[to];
+                if let Some(len) = n.engine.handle_datagram(from, &payload, &mut buf, now) {
+                    n.tun_rx.push(buf[..len].to_vec());
+                }
+                self.delivered_log.push((to, from, payload));
+            }
+            Item::Punch { to, peer } => {
+                let cands = self.candidates(peer);
+                let id = self.nodes[peer].id;
+                self.nodes[to].engine.handle_punch(id, &cands, now);
+            }
+        }
+    }
+
+    /// Node `from` writes an IPv4 packet for node `to` into its TUN, tagged with `seq`.
+    pub fn send_ip(&mut self, from: usize, to: usize, seq: u32) {
+        let pkt = ipv4(self.nodes[from].mesh_ip, self.nodes[to].mesh_ip, seq);
+        let now = self.now;
+        self.nodes[from].engine.handle_tun_packet(&pkt, now);
+    }
+
+    /// Sends one packet each way every `every` for `d`.
+    pub fn traffic_both_ways(&mut self, a: usize, b: usize, every: Duration, d: Duration) {
+        let until = self.now + d;
+        let mut seq = 0;
+        while self.now < until {
+            self.send_ip(a, b, seq);
+            self.send_ip(b, a, seq);
+            seq += 1;
+            let next = self.now + every;
+            self.run_until(next);
+        }
+    }
+
+    /// Node `i`'s status of node `j`.
+    pub fn status(&self, i: usize, j: usize) -> PeerStatus {
+        let id = self.nodes[j].id;
+        self.nodes[i]
+            .engine
+            .peer_status(self.now)
+            .into_iter()
+            .find(|s| s.node_id == id)
+            .unwrap()
+    }
+
+    /// Whether `a` and `b` see each other Direct.
+    pub fn direct(&self, a: usize, b: usize) -> bool {
+        self.status(a, b).path == PathKind::Direct && self.status(b, a).path == PathKind::Direct
+    }
+
+    /// Sequence numbers node `i` received from node `from`.
+    pub fn received_from(&self, i: usize, from: usize) -> Vec<u32> {
+        let src = self.nodes[from].mesh_ip.octets();
+        self.nodes[i]
+            .tun_rx
+            .iter()
+            .filter(|p| p[12..16] == src)
+            .map(|p| u32::from_be_bytes([p[20], p[21], p[22], p[23]]))
+            .collect()
+    }
+}
+
+/// A minimal IPv4 packet (20-byte header + 4-byte sequence + padding).
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, seq: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 100];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&100u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..24].copy_from_slice(&seq.to_be_bytes());
+    p
+}
