@@ -66,6 +66,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -103,7 +103,7 @@ fn iface_exists(name: &str) -> bool {
 #[test]
 fn join_status_shutdown_and_up() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = fake_coordinator::start(&rt);
+    let fake = fake_coordinator::start(&rt, "127.0.0.1:0".parse().unwrap(), true);
     let root = scratch();
     let dir = root.join("state");
     let d = dir.to_str().unwrap();
@@ -184,7 +184,8 @@ fn join_status_shutdown_and_up() {
     assert_eq!(status["peers"][0]["name"], "peer-two");
     let cached = std::fs::read_to_string(dir.join("peers.json")).unwrap();
     assert!(cached.contains("peer-two"), "{cached}");
-    assert_eq!(status["peers"][0]["ip"], "100.77.0.2");
+    assert_eq!(status["peers"][0]["ip"], "100.77.0.200");
+    assert_eq!(status["peers"][0]["online"], false);
     assert!(
         ["connecting", "direct", "relay"].contains(&status["peers"][0]["path"].as_str().unwrap())
     );
