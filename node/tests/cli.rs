@@ -192,6 +192,23 @@ fn join_status_shutdown_and_up() {
     let table = warren(&["status", "--state-dir", d]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("peer-two"));
 
+    // The coordinator drops the connection: the daemon logs in again by itself.
+    let logins = fake.logins();
+    fake.kick_all();
+    let mut status = status_json(&dir);
+    for _ in 0..100 {
+        if fake.logins() > logins && status["self"]["coordinator"] == "connected" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        status = status_json(&dir);
+    }
+    assert!(
+        fake.logins() > logins,
+        "no re-login after the connection dropped"
+    );
+    assert_eq!(status["self"]["coordinator"], "connected");
+
     // Joining again into the same directory is refused while it runs.
     assert_fails(
         &warren(&["join", &good, "--state-dir", d]),

@@ -42,6 +42,10 @@ pub struct Registry {
     next_id: u64,
     /// Every Candidates message received.
     pub candidates: Vec<Vec<SocketAddr>>,
+    /// Successful logins (Join or Login) so far.
+    pub logins: usize,
+    /// Open connections, so a test can drop them all.
+    conns: Vec<quinn::Connection>,
 }
 
 impl Registry {
@@ -81,6 +85,18 @@ pub struct Fake {
 }
 
 impl Fake {
+    /// Closes every node connection, as a coordinator restart would.
+    pub fn kick_all(&self) {
+        for c in self.registry.lock().unwrap().conns.drain(..) {
+            c.close(0u32.into(), b"kicked");
+        }
+    }
+
+    /// Successful logins so far.
+    pub fn logins(&self) -> usize {
+        self.registry.lock().unwrap().logins
+    }
+
     /// A token for this coordinator with `secret` (and optionally a wrong fingerprint).
     pub fn token(&self, secret: [u8; 32], fingerprint: Option<[u8; 32]>) -> String {
         InviteToken {
@@ -223,6 +239,7 @@ fn login(
         }
         _ => return Err(ErrorCode::Protocol),
     };
+    reg.logins += 1;
     let entry = reg.nodes.get_mut(&key).expect("registered above");
     entry.reflexive = Some(reflexive);
     entry.record.online = true;
@@ -264,6 +281,7 @@ async fn session(conn: quinn::Connection, registry: Arc<Mutex<Registry>>) -> Opt
         .ok()?;
     let proof_ok = |p: &[u8; 32]| proof::verify(&eph, &public_key, &nonce, &binding, p);
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+    registry.lock().unwrap().conns.push(conn.clone());
     let result = login(
         &mut registry.lock().unwrap(),
         request,
