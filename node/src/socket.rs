@@ -58,9 +58,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .context("creating the UDP socket")?;
-    // Best effort: the kernel clamps to its maximum, and a small buffer still works.
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    grow_buffers(&sock);
     sock.bind(&addr.into())
         .with_context(|| format!("binding UDP {addr}"))?;
     sock.set_nonblocking(true)
@@ -69,6 +67,32 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
     Ok(Arc::new(
         UdpSocket::from_std(std_sock).context("registering the UDP socket with tokio")?,
     ))
+}
+
+/// Asks for [`SOCKET_BUFFER`]-sized kernel buffers. With CAP_NET_ADMIN (the daemon has it for
+/// TUN anyway) the `*BUFFORCE` options go past net.core.{r,w}mem_max, which defaults to 208 KiB
+/// and otherwise drops bursts; without it the clamped size is used. Best effort either way.
+fn grow_buffers(sock: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // SAFETY: setsockopt(2) on a socket we own, with a pointer to a live c_int and its size.
+        let set = |opt| unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set(force) != 0 {
+            let _ = set(plain);
+        }
+    }
 }
 
 /// Hands a QUIC datagram to quinn without waiting; drops it if quinn is behind (QUIC resends).

@@ -222,6 +222,63 @@ fn two_daemons_carry_ping_over_a_direct_path() {
     let endpoint = peer["endpoint"].as_str().unwrap_or_default();
     assert!(endpoint.starts_with("10.231.0.3:"), "{endpoint}");
     assert!(peer["tx_bytes"].as_u64().unwrap() > 0 && peer["rx_bytes"].as_u64().unwrap() > 0);
+    if std::env::var_os("WARREN_PERF").is_some() {
+        iperf(&na, &nb);
+    }
     assert_eq!(na.stop(), Some(0));
     assert_eq!(nb.stop(), Some(0));
+}
+
+/// One TCP stream a → b through the tunnel for 5 s (only with `WARREN_PERF=1`; needs iperf3).
+fn iperf(a: &Node, b: &Node) {
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &b.ns,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            "100.77.0.2",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.ns,
+            "iperf3",
+            "-c",
+            "100.77.0.2",
+            "-t",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    for ns in [&a.ns, &b.ns] {
+        for cmd in [
+            &["ip", "-s", "link", "show", "warren0"][..],
+            &[
+                "nstat",
+                "-az",
+                "UdpRcvbufErrors",
+                "UdpSndbufErrors",
+                "UdpInErrors",
+            ],
+        ] {
+            let o = Command::new("ip")
+                .args(["netns", "exec", ns])
+                .args(cmd)
+                .output()
+                .unwrap();
+            eprintln!("[{ns}] {}", String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }
