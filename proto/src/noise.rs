@@ -438,7 +438,8 @@ impl Session {
     }
 
     /// Decrypts a transport payload into `out`, then checks and updates the replay window.
-    /// Returns the plaintext length (0 for a keepalive).
+    /// Returns the plaintext length (0 for a keepalive). `out` must hold the plaintext; if it
+    /// also has room for the 16-byte tag, decryption happens in place without allocating.
     pub fn open(
         &mut self,
         counter: u64,
@@ -460,9 +461,12 @@ impl Session {
         if out.len() < plain_len {
             return Err(NoiseError::BufferTooSmall);
         }
+        // ring decrypts in place: given room for the whole ciphertext it needs no temporary
+        // buffer, so hand it up to `ciphertext.len()` bytes.
+        let room = out.len().min(ciphertext.len());
         let n = self
             .transport
-            .read_message(counter, ciphertext, &mut out[..plain_len])
+            .read_message(counter, ciphertext, &mut out[..room])
             .map_err(|_| NoiseError::Decrypt)?;
         if !self.replay.check_and_update(counter) {
             return Err(NoiseError::Replay);

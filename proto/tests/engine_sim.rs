@@ -156,6 +156,79 @@ fn traffic_survives_rekey() {
     }
     assert!(s.status(0, 1).last_handshake.unwrap() < 130 * SEC);
     assert_eq!(s.nodes[1].engine.drop_counters().expired, 0);
+    // Rekeys stay few: at most a handful of initiations per 120 s, from both sides together.
+    let inits = s.delivered_log.iter().filter(|(_, _, p)| p[0] == 1).count();
+    assert!(inits <= 12, "{inits} initiations in 400 s");
+}
+
+#[test]
+fn idle_peer_vanishing_is_noticed() {
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 13);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    // Idle but alive: persistent keepalives keep the path up.
+    s.run_for(100 * SEC);
+    assert!(s.direct(0, 1), "idle path died: {:?}", s.status(0, 1));
+    s.offline.insert(1);
+    s.run_for(60 * SEC);
+    assert_eq!(s.status(0, 1).path, PathKind::Connecting);
+    // And an idle engine with a vanished peer quiets down.
+    s.run_for(60 * SEC);
+    assert!(s.nodes[0].engine.poll_timeout().is_none());
+}
+
+#[test]
+fn peer_restart_recovers() {
+    let mut s = pair(Some(NatKind::Eim), None, 14);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    s.restart(1);
+    s.traffic_both_ways(0, 1, 100 * MS, 30 * SEC);
+    s.nodes[0].tun_rx.clear();
+    s.nodes[1].tun_rx.clear();
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(
+        s.direct(0, 1),
+        "{:?} / {:?}",
+        s.status(0, 1),
+        s.status(1, 0)
+    );
+    assert!(s.received_from(1, 0).len() > 25);
+    assert!(s.received_from(0, 1).len() > 25);
+}
+
+#[test]
+fn encapsulate_fast_path_and_small_tun_buffer() {
+    let mut s = pair(None, Some(NatKind::Eim), 15);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    let now = s.now;
+    let pkt = sim::ipv4(s.nodes[0].mesh_ip, s.nodes[1].mesh_ip, 777);
+    let mut out = vec![0u8; pkt.len() + warren_proto::engine::TRANSPORT_OVERHEAD];
+    let (dst, n) = s.nodes[0].engine.encapsulate(&pkt, &mut out, now).unwrap();
+    assert_eq!(n, out.len());
+    assert_eq!(Some(dst), s.status(0, 1).endpoint);
+    let from = s.status(1, 0).endpoint.unwrap();
+    let mut small = [0u8; 50];
+    assert_eq!(
+        s.nodes[1]
+            .engine
+            .handle_datagram(from, &out, &mut small, now),
+        None
+    );
+    assert_eq!(s.nodes[1].engine.drop_counters().tun_out_too_small, 1);
+    let mut tun = [0u8; 1500];
+    // The too-small attempt did not consume the counter.
+    let got = s.nodes[1].engine.handle_datagram(from, &out, &mut tun, now);
+    assert_eq!(got, Some(pkt.len()));
+    assert_eq!(&tun[..pkt.len()], &pkt[..]);
+    // Unknown destination: dropped and counted, nothing sealed.
+    let stray = sim::ipv4(s.nodes[0].mesh_ip, "100.80.9.9".parse().unwrap(), 1);
+    assert!(s.nodes[0]
+        .engine
+        .encapsulate(&stray, &mut out, now)
+        .is_none());
+    assert_eq!(s.nodes[0].engine.drop_counters().tun_unknown_dst, 1);
 }
 
 #[test]

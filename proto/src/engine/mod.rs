@@ -39,7 +39,9 @@ pub use punch::{
     PATH_SETTLE, PROBE_BACKOFF_MAX, PROBE_BACKOFF_MIN, ROUND_DURATION, ROUND_INTERVAL,
 };
 pub use shared::DropCounters;
-pub use timers::{MAX_HANDSHAKE_ATTEMPTS, PATH_DEAD_TIMEOUT, RESPONDER_REKEY_AFTER};
+pub use timers::{
+    MAX_HANDSHAKE_ATTEMPTS, PATH_DEAD_TIMEOUT, PATH_SILENCE_TIMEOUT, RESPONDER_REKEY_AFTER,
+};
 
 use handshake::inner_destination;
 use peer::Peer;
@@ -311,6 +313,32 @@ impl Engine {
             }
         }
         peer.report_path(&mut self.shared);
+    }
+
+    /// Allocation-free fast path for an IP packet read from TUN: when its peer has a session
+    /// and a path, seals it straight into `out` and returns where to send the `len` bytes.
+    /// Otherwise behaves exactly like [`Engine::handle_tun_packet`] (queue while connecting,
+    /// or drop and count) and returns `None`; drain [`Engine::poll_transmit`] as usual either
+    /// way. `out` must hold `packet.len() + TRANSPORT_OVERHEAD` bytes.
+    pub fn encapsulate(
+        &mut self,
+        packet: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) -> Option<(SocketAddr, usize)> {
+        let peer = inner_destination(packet)
+            .and_then(|dst| self.by_ip.get(&dst))
+            .and_then(|id| self.peers.get_mut(id));
+        if let Some(peer) = peer {
+            if peer.queue.is_empty() && peer.can_send(now) {
+                if let Some(sent) = peer.seal_into(packet, out, &mut self.shared, now) {
+                    peer.last_demand = Some(now);
+                    return Some(sent);
+                }
+            }
+        }
+        self.handle_tun_packet(packet, now);
+        None
     }
 
     /// The deadline from [`Engine::poll_timeout`] passed.

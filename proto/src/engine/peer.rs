@@ -17,7 +17,7 @@ use super::shared::Shared;
 use super::{Event, PathKind, PeerStatus};
 use crate::control::PeerRecord;
 use crate::ids::NodeId;
-use crate::noise::{InitiatorHandshake, Session, Timestamp};
+use crate::noise::{InitiatorHandshake, NoiseError, Session, Timestamp};
 use crate::packet::TRANSPORT_OVERHEAD;
 use crate::probe::ProbeKey;
 
@@ -186,32 +186,51 @@ impl Peer {
     /// Encrypts and queues one packet (empty = keepalive) on the current session. Returns false
     /// if there is no usable session or path.
     pub fn send_transport(&mut self, plaintext: &[u8], shared: &mut Shared, now: Instant) -> bool {
-        let (Some(dst), Some(session)) = (self.endpoint, self.current.as_mut()) else {
-            return false;
-        };
         let mut buf = vec![0u8; plaintext.len() + TRANSPORT_OVERHEAD];
-        match session.seal(plaintext, &mut buf, now) {
-            Ok(n) => buf.truncate(n),
+        match self.seal_into(plaintext, &mut buf, shared, now) {
+            Some((dst, n)) => {
+                buf.truncate(n);
+                shared.send(dst, buf);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Encrypts one packet into `out` on the current session and does the bookkeeping of a
+    /// send; returns the destination and datagram length, or `None` if there is no usable
+    /// session or path or `out` is too small.
+    pub fn seal_into(
+        &mut self,
+        plaintext: &[u8],
+        out: &mut [u8],
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Option<(SocketAddr, usize)> {
+        let (Some(dst), Some(session)) = (self.endpoint, self.current.as_mut()) else {
+            return None;
+        };
+        let n = match session.seal(plaintext, out, now) {
+            Ok(n) => n,
+            Err(NoiseError::BufferTooSmall) => return None,
             Err(e) => {
-                debug!(peer = %self.record.node_id, error = %e, "cannot seal");
+                debug!(peer = %self.record.node_id, error = %e, "session unusable for sending");
                 if let Some(s) = self.current.take() {
                     shared.free_index(s.local_index);
                 }
-                return false;
+                return None;
             }
-        }
-        shared.send(dst, buf);
+        };
         self.last_sent = Some(now);
         self.keepalive_owed_since = None;
         if !plaintext.is_empty() {
             self.tx_bytes += plaintext.len() as u64;
             self.awaiting_reply_since.get_or_insert(now);
         }
-        let wants_rekey = session_wants_rekey(self.current.as_ref(), now);
-        if wants_rekey && self.pending.is_none() {
+        if session_wants_rekey(self.current.as_ref(), now) && self.pending.is_none() {
             self.start_handshake(shared, now);
         }
-        true
+        Some((dst, n))
     }
 
     /// Sends everything queued, if a session and path are up.

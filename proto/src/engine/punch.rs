@@ -219,13 +219,16 @@ impl Peer {
         }
     }
 
-    /// Nothing came back over the path: forget it and punch again.
+    /// Nothing came back over the path: forget it, and the sessions (the peer may have lost
+    /// them, e.g. after a restart), and punch again. The next confirmed path gets a fresh
+    /// handshake.
     pub fn path_dead(&mut self, shared: &mut Shared, now: Instant) {
         debug!(peer = %self.id(), endpoint = ?self.endpoint, "path dead");
         self.endpoint = None;
         self.rtt = None;
         self.awaiting_reply_since = None;
-        self.clear_pending(shared);
+        self.keepalive_owed_since = None;
+        self.clear_sessions(shared);
         self.request_punch(shared, now);
         self.start_round(shared, now);
     }

@@ -21,6 +21,11 @@ use crate::noise::{
 /// owes us a passive keepalive after [`PASSIVE_KEEPALIVE`] (10 s), plus one [`REKEY_TIMEOUT`]
 /// (5 s) of slack for latency and loss. WireGuard uses the same sum to trigger a new handshake.
 pub const PATH_DEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// A direct path that brought nothing at all for this long is dead even if we sent no data: the
+/// peer sends a persistent keepalive at least every [`KEEPALIVE_TIMEOUT`] (25 s), so this is two
+/// missed keepalives plus one [`REKEY_TIMEOUT`] of slack (55 s). Keeps `warren status` honest
+/// when a peer vanishes while idle.
+pub const PATH_SILENCE_TIMEOUT: Duration = Duration::from_secs(55);
 /// Initiations sent over a path without any response before the path is declared dead
 /// (3 × REKEY_TIMEOUT = 15 s, matching [`PATH_DEAD_TIMEOUT`]).
 pub const MAX_HANDSHAKE_ATTEMPTS: u32 = 3;
@@ -45,13 +50,15 @@ pub(crate) enum Timer {
     PassiveKeepalive,
     /// Data sent and nothing received for PATH_DEAD_TIMEOUT.
     PathDead,
+    /// Nothing at all received on a direct path for PATH_SILENCE_TIMEOUT.
+    PathSilent,
     /// Current session old enough to replace.
     Rekey,
     /// Some session reaches REJECT_AFTER_TIME.
     SessionExpiry,
 }
 
-const ALL: [Timer; 9] = [
+const ALL: [Timer; 10] = [
     Timer::ProbeVolley,
     Timer::RoundEnd,
     Timer::NextRound,
@@ -59,6 +66,7 @@ const ALL: [Timer; 9] = [
     Timer::PersistentKeepalive,
     Timer::PassiveKeepalive,
     Timer::PathDead,
+    Timer::PathSilent,
     Timer::Rekey,
     Timer::SessionExpiry,
 ];
@@ -89,6 +97,10 @@ impl Peer {
             Timer::PathDead => {
                 self.endpoint?;
                 Some(self.awaiting_reply_since? + PATH_DEAD_TIMEOUT)
+            }
+            Timer::PathSilent => {
+                let since = self.last_received.or(self.last_handshake)?;
+                direct.then_some(since + PATH_SILENCE_TIMEOUT)
             }
             Timer::Rekey => {
                 if self.endpoint.is_none() || self.pending.is_some() {
@@ -158,7 +170,7 @@ impl Peer {
             Timer::PersistentKeepalive | Timer::PassiveKeepalive => {
                 self.send_transport(&[], shared, now);
             }
-            Timer::PathDead => self.path_dead(shared, now),
+            Timer::PathDead | Timer::PathSilent => self.path_dead(shared, now),
             Timer::Rekey => {
                 if session_wants_rekey(self.current.as_ref(), now) {
                     debug!(peer = %self.id(), "rekey");

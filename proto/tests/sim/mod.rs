@@ -154,6 +154,8 @@ pub struct Sim {
     pub delivered_log: Vec<(usize, SocketAddr, Vec<u8>)>,
     /// Punch orders the coordinator sent.
     pub punches: usize,
+    /// Nodes that are switched off: they neither send, receive nor run timers.
+    pub offline: HashSet<usize>,
     rng: ChaCha20Rng,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     items: HashMap<u64, Item>,
@@ -175,6 +177,7 @@ impl Sim {
             block_handshakes: false,
             delivered_log: Vec::new(),
             punches: 0,
+            offline: HashSet::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
             items: HashMap::new(),
@@ -221,6 +224,28 @@ impl Sim {
             tun_rx: Vec::new(),
         });
         i
+    }
+
+    /// Restarts node `i`: a fresh engine with the same key, a new seed and the wall clock
+    /// advanced by the simulated time, re-introduced to every other node by the coordinator.
+    pub fn restart(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let elapsed = self.now.duration_since(self.start).as_nanos() as u64;
+        let config = EngineConfig {
+            node_id: n.id,
+            private_key: n.key.clone(),
+            suite: CipherSuite::ChaChaPoly,
+            wall_clock_base_nanos: 1_750_000_000_000_000_000 + elapsed,
+        };
+        let mut seed = [0u8; 32];
+        self.rng.fill(&mut seed);
+        self.nodes[i].engine = Engine::new(config, seed, self.now);
+        let records: Vec<PeerRecord> = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| self.record(j))
+            .collect();
+        let now = self.now;
+        self.nodes[i].engine.set_peers(&records, now);
     }
 
     /// The candidates the coordinator knows for node `i`: reflexive first, then local.
@@ -276,6 +301,9 @@ impl Sim {
 
     /// Routes a datagram node `from` sent to `dst` through LAN, NATs and WAN.
     fn route(&mut self, from: usize, dst: SocketAddr, payload: Vec<u8>) {
+        if self.offline.contains(&from) {
+            return;
+        }
         if self.block_handshakes && matches!(payload.first(), Some(1 | 2)) {
             return;
         }
@@ -356,7 +384,9 @@ impl Sim {
             let next_timer = self
                 .nodes
                 .iter()
-                .filter_map(|n| n.engine.poll_timeout())
+                .enumerate()
+                .filter(|(i, _)| !self.offline.contains(i))
+                .filter_map(|(_, n)| n.engine.poll_timeout())
                 .min();
             let next = match (next_item, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
@@ -379,7 +409,10 @@ impl Sim {
                 }
             }
             let now = self.now;
-            for n in &mut self.nodes {
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if self.offline.contains(&i) {
+                    continue;
+                }
                 if n.engine.poll_timeout().is_some_and(|t| t <= now) {
                     n.engine.handle_timeout(now);
                 }
@@ -398,6 +431,9 @@ impl Sim {
         let now = self.now;
         match item {
             Item::Datagram { to, from, payload } => {
+                if self.offline.contains(&to) {
+                    return;
+                }
                 let mut buf = [0u8; 2048];
                 let n = &mut self.nodes[to];
                 if let Some(len) = n.engine.handle_datagram(from, &payload, &mut buf, now) {
@@ -406,6 +442,9 @@ impl Sim {
                 self.delivered_log.push((to, from, payload));
             }
             Item::Punch { to, peer } => {
+                if self.offline.contains(&to) {
+                    return;
+                }
                 let cands = self.candidates(peer);
                 let id = self.nodes[peer].id;
                 self.nodes[to].engine.handle_punch(id, &cands, now);
