@@ -32,6 +32,9 @@ use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
 const BATCH: usize = 64;
 /// Sleep used when the engine has no deadline.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
+/// Consecutive TUN read errors after which the interface is considered gone (deleted by hand,
+/// driver failure) and the daemon stops instead of spinning.
+const TUN_ERROR_LIMIT: u32 = 64;
 
 /// Channels and devices the daemon runs on.
 pub struct Io {
@@ -70,6 +73,8 @@ pub enum Exit {
     Shutdown,
     /// The control client stopped (a fatal coordinator answer; see its result).
     ControlStopped,
+    /// The TUN interface keeps failing (e.g. it was deleted).
+    TunFailed(String),
 }
 
 /// Builds an engine for this node, seeded from the OS RNG.
@@ -134,12 +139,21 @@ impl Daemon {
         let mut udp_buf = vec![0u8; MAX_DATAGRAM];
         let mut tun_buf = vec![0u8; MAX_DATAGRAM];
         let mut tun_out = vec![0u8; MAX_DATAGRAM];
+        let mut tun_errors = 0u32;
         tokio::pin!(shutdown);
+        // One timer, re-armed only when the engine's deadline moves (not once per packet).
+        let timer = tokio::time::sleep(IDLE_WAKE);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = self
                 .engine
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            if armed != Some(deadline) {
+                timer.as_mut().reset(deadline.into());
+                armed = Some(deadline);
+            }
             tokio::select! {
                 () = &mut shutdown => return Exit::Shutdown,
                 res = self.io.udp.recv_from(&mut udp_buf) => match res {
@@ -158,6 +172,7 @@ impl Daemon {
                 },
                 res = self.io.tun.recv(&mut tun_buf) => match res {
                     Ok(n) => {
+                        tun_errors = 0;
                         let now = Instant::now();
                         self.engine.handle_tun_packet(&tun_buf[..n], now);
                         for _ in 1..BATCH {
@@ -167,7 +182,13 @@ impl Daemon {
                             }
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "TUN receive failed"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TUN receive failed");
+                        tun_errors += 1;
+                        if tun_errors >= TUN_ERROR_LIMIT {
+                            return Exit::TunFailed(e.to_string());
+                        }
+                    }
                 },
                 ev = self.io.control_rx.recv() => match ev {
                     Some(ev) => self.on_control(ev),
@@ -176,7 +197,8 @@ impl Daemon {
                 Some(reply) = self.io.status_rx.recv() => {
                     let _ = reply.send(self.report());
                 }
-                () = tokio::time::sleep_until(deadline.into()) => {
+                () = &mut timer => {
+                    armed = None;
                     self.engine.handle_timeout(Instant::now());
                 }
             }

@@ -252,6 +252,10 @@ async fn run_daemon(
     status_task.abort();
     let _ = std::fs::remove_file(&sock_path);
     match (exit, control_result) {
+        (Exit::TunFailed(e), _) => Err(anyhow::anyhow!(
+            "the TUN interface {} failed: {e}",
+            saved.tun
+        )),
         (_, Err(e)) => Err(e.into()),
         (Exit::ControlStopped, Ok(())) => {
             Err(NodeError::Protocol("control client stopped".into()).into())
