@@ -92,6 +92,74 @@ fn sym_sym_never_direct() {
 }
 
 #[test]
+fn sym_open_goes_direct_via_peer_reflexive() {
+    // The symmetric NAT picks a fresh port towards the open peer, which learns it from the
+    // probe's source (peer-reflexive) and probes it back.
+    let mut s = pair(Some(NatKind::Sym), None, 16);
+    assert_connects_both_ways(&mut s);
+    let refl = s.candidates(0)[0];
+    let ep = s.status(1, 0).endpoint.unwrap();
+    assert_eq!(ep.ip(), refl.ip());
+    assert_ne!(
+        ep.port(),
+        refl.port(),
+        "path must use the peer-reflexive port"
+    );
+}
+
+#[test]
+fn sym_eim_stays_connecting_and_backs_off() {
+    let mut s = pair(Some(NatKind::Sym), Some(NatKind::Eim), 17);
+    s.traffic_both_ways(0, 1, 100 * MS, 95 * SEC);
+    assert_eq!(s.status(0, 1).path, PathKind::Connecting);
+    // Each side starts a round about every 30 s (0, 30, 60, 90), not on every packet.
+    assert!((6..=10).contains(&s.punches), "{} punch orders", s.punches);
+    assert!(s.nodes[0].engine.drop_counters().queue_overflow > 0);
+}
+
+#[test]
+fn four_node_mesh_all_pairs_direct() {
+    let mut s = Sim::new(18);
+    let home = s.add_nat(NatKind::Eim);
+    let office = s.add_nat(NatKind::Eim);
+    s.add_node(Some(home));
+    s.add_node(Some(home));
+    s.add_node(Some(office));
+    s.add_node(None);
+    s.introduce_all();
+    let until = s.now + 5 * SEC;
+    let mut seq = 0;
+    while s.now < until {
+        for a in 0..4 {
+            for b in 0..4 {
+                if a != b {
+                    s.send_ip(a, b, seq);
+                }
+            }
+        }
+        seq += 1;
+        let next = s.now + 100 * MS;
+        s.run_until(next);
+    }
+    for a in 0..4 {
+        for b in 0..4 {
+            if a != b {
+                assert!(s.direct(a, b), "{a}->{b}: {:?}", s.status(a, b));
+                assert!(
+                    s.received_from(b, a).contains(&45),
+                    "{a}->{b} lost late packets"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        s.status(0, 1).endpoint,
+        Some(s.nodes[1].local),
+        "LAN pair not on LAN"
+    );
+}
+
+#[test]
 fn eim_eim_with_loss_connects() {
     let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 5);
     s.loss = 0.2;

@@ -19,7 +19,7 @@ mod punch;
 mod shared;
 mod timers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -121,8 +121,8 @@ pub struct PeerStatus {
 pub struct Engine {
     /// Engine-wide state (identity, RNG, index table, outputs, counters).
     shared: Shared,
-    /// Known peers.
-    peers: HashMap<NodeId, Peer>,
+    /// Known peers (ordered, so that timers fire and draw randomness in a deterministic order).
+    peers: BTreeMap<NodeId, Peer>,
     /// Mesh address → peer, for TUN packets.
     by_ip: HashMap<Ipv4Addr, NodeId>,
     /// Static key → peer, for handshake initiations.
@@ -144,7 +144,7 @@ impl Engine {
                 drops: DropCounters::default(),
                 last_timestamp: None,
             },
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             by_ip: HashMap::new(),
             by_key: HashMap::new(),
         }
@@ -224,7 +224,13 @@ impl Engine {
         for &c in candidates {
             p.add_candidate(c, false);
         }
-        p.start_round(&mut self.shared, now);
+        if p.round.is_some() {
+            // Already probing: keep the backoff, but fire a volley now, in step with the peer
+            // that has just been told to start.
+            p.probe_volley(&mut self.shared, now);
+        } else {
+            p.start_round(&mut self.shared, now);
+        }
     }
 
     /// A datagram arrived on the data socket (never a QUIC packet). Returns the length of a
@@ -307,8 +313,10 @@ impl Engine {
             }
             peer.flush_queue(&mut self.shared, now);
         } else {
-            peer.request_punch(&mut self.shared, now);
+            // Start a round unless one runs or the next is scheduled (rounds back off to one
+            // per ROUND_INTERVAL while no path is found).
             if peer.round.is_none() && peer.next_round_at.is_none() {
+                peer.request_punch(&mut self.shared, now);
                 peer.start_round(&mut self.shared, now);
             }
         }
@@ -380,7 +388,7 @@ impl Engine {
 
 /// The peer `sender` if `mac` authenticates `data` with its probe key (else counted).
 fn authentic_peer<'a>(
-    peers: &'a mut HashMap<NodeId, Peer>,
+    peers: &'a mut BTreeMap<NodeId, Peer>,
     shared: &mut Shared,
     sender: NodeId,
     data: &[u8],

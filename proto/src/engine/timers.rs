@@ -78,6 +78,12 @@ impl Peer {
             .is_some_and(|t| now.saturating_duration_since(t) < ROUND_INTERVAL)
     }
 
+    /// Nobody is waiting any more: queued packets are stale.
+    fn expire_queue(&mut self, shared: &mut Shared) {
+        shared.drops.queue_expired += self.queue.len() as u64;
+        self.queue.clear();
+    }
+
     fn deadline(&self, timer: Timer) -> Option<Instant> {
         let direct = self.path() == PathKind::Direct;
         match timer {
@@ -145,9 +151,7 @@ impl Peer {
                         debug!(peer = %self.id(), "probing round found no path");
                         self.next_round_at = Some(round.started + ROUND_INTERVAL);
                     } else if self.endpoint.is_none() {
-                        // Nobody is waiting any more: queued packets are stale.
-                        shared.drops.queue_expired += self.queue.len() as u64;
-                        self.queue.clear();
+                        self.expire_queue(shared);
                     }
                 }
             }
@@ -156,6 +160,8 @@ impl Peer {
                 if self.endpoint.is_none() && self.has_demand(now) {
                     self.request_punch(shared, now);
                     self.start_round(shared, now);
+                } else if self.endpoint.is_none() {
+                    self.expire_queue(shared);
                 }
             }
             Timer::HandshakeRetry => {
