@@ -8,7 +8,7 @@ mod sim;
 use std::time::Duration;
 
 use sim::{NatKind, Sim};
-use warren_proto::engine::PathKind;
+use warren_proto::engine::{Event, PathKind};
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
@@ -48,6 +48,19 @@ fn assert_connects_both_ways(s: &mut Sim) {
 fn eim_eim_goes_direct() {
     let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 1);
     assert_connects_both_ways(&mut s);
+    // One transition per side, no flapping.
+    for node in 0..2 {
+        let paths: Vec<PathKind> = s
+            .events
+            .iter()
+            .filter(|(n, _)| *n == node)
+            .filter_map(|(_, e)| match e {
+                Event::PathChanged { path, .. } => Some(*path),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(paths, [PathKind::Direct], "node {node}");
+    }
     // The path is the peer's NAT address.
     let ep = s.status(0, 1).endpoint.unwrap();
     assert_eq!(ep.ip(), std::net::IpAddr::from(s.nats[1].public_ip));
@@ -413,4 +426,77 @@ fn deterministic_given_seeds() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn garbage_at_an_established_peer_changes_nothing() {
+    use rand::{RngCore, SeedableRng};
+    let mut s = pair(None, Some(NatKind::Eim), 19);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    // A real transport packet to node 0, to learn its live receiver index.
+    let (_, _, real) = s
+        .delivered_log
+        .iter()
+        .rev()
+        .find(|(to, _, p)| *to == 0 && p[0] == 3)
+        .cloned()
+        .unwrap();
+    let attacker: std::net::SocketAddr = "192.0.2.66:999".parse().unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(19);
+    let now = s.now;
+    let mut out = [0u8; 2048];
+    let e = &mut s.nodes[0].engine;
+    while e.poll_transmit().is_some() {}
+    for i in 0..3000u64 {
+        let mut g = real.clone();
+        let len = 16 + (rng.next_u32() as usize % 150);
+        g.resize(len.max(32), 0);
+        rng.fill_bytes(&mut g[8..]);
+        if i % 3 == 0 {
+            g[0] = (rng.next_u32() % 6) as u8;
+        }
+        assert_eq!(e.handle_datagram(attacker, &g, &mut out, now), None);
+    }
+    assert!(e.poll_transmit().is_none(), "answered forged packets");
+    let d = e.drop_counters();
+    assert!(d.decrypt_failed > 500, "{d:?}");
+    // The forged source did not hijack the endpoint, and traffic still flows.
+    assert_ne!(s.status(0, 1).endpoint, Some(attacker));
+    s.nodes[0].tun_rx.clear();
+    s.nodes[1].tun_rx.clear();
+    s.traffic_both_ways(0, 1, 100 * MS, 2 * SEC);
+    assert!(s.received_from(0, 1).len() >= 19);
+    assert!(s.received_from(1, 0).len() >= 19);
+}
+
+#[test]
+fn unanswered_punch_backs_off_then_goes_quiet() {
+    use warren_proto::engine::ROUND_DURATION;
+    let mut s = pair(None, None, 20);
+    s.offline.insert(1);
+    let start = s.now;
+    let id = s.nodes[1].id;
+    let cands = vec![s.nodes[1].local, "192.0.2.200:1".parse().unwrap()];
+    s.nodes[0].engine.handle_punch(id, &cands, start);
+    s.run_for(60 * SEC);
+    // No traffic is waiting, so a failed round asks nobody for more.
+    assert!(s.events.is_empty(), "{:?}", s.events);
+    assert!(s.nodes[0].engine.poll_timeout().is_none());
+    // Volleys at 0, 0.1, 0.3, 0.7, 1.5, 3.1, then every 2 s until 15 s: 11 per candidate.
+    for c in &cands {
+        let times: Vec<Duration> = s
+            .sent_log
+            .iter()
+            .filter(|(n, _, dst, kind)| *n == 0 && dst == c && *kind == 4)
+            .map(|(_, t, _, _)| *t - start)
+            .collect();
+        let ms: Vec<u128> = times.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(
+            ms,
+            [0, 100, 300, 700, 1500, 3100, 5100, 7100, 9100, 11100, 13100],
+            "probes to {c}"
+        );
+        assert!(*times.last().unwrap() < ROUND_DURATION);
+    }
 }

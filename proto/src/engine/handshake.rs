@@ -165,7 +165,11 @@ impl Engine {
         match hs.finish(resp, now) {
             Ok(session) => {
                 debug!(peer = %peer.id(), %from, "handshake complete (initiator)");
-                peer.pending = None;
+                let sent_at = peer.pending.take().map(|p| p.sent_at);
+                if peer.rtt.is_none() || peer.endpoint != Some(from) {
+                    // No probe measured this path (the peer's handshake found it first).
+                    peer.rtt = sent_at.map(|t| now.saturating_duration_since(t));
+                }
                 peer.install_current(session, &mut self.shared, now);
                 peer.authenticated_from(from, now);
                 let queued = peer.queue.len();

@@ -154,6 +154,10 @@ pub struct Sim {
     pub delivered_log: Vec<(usize, SocketAddr, Vec<u8>)>,
     /// Punch orders the coordinator sent.
     pub punches: usize,
+    /// Every datagram the nodes emitted: (node, time, destination, type byte).
+    pub sent_log: Vec<(usize, Instant, SocketAddr, u8)>,
+    /// Every event the nodes emitted, in order: (node, event).
+    pub events: Vec<(usize, Event)>,
     /// Nodes that are switched off: they neither send, receive nor run timers.
     pub offline: HashSet<usize>,
     rng: ChaCha20Rng,
@@ -178,6 +182,8 @@ impl Sim {
             delivered_log: Vec::new(),
             punches: 0,
             offline: HashSet::new(),
+            events: Vec::new(),
+            sent_log: Vec::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
             items: HashMap::new(),
@@ -357,9 +363,12 @@ impl Sim {
     fn drain_outputs(&mut self) {
         for i in 0..self.nodes.len() {
             while let Some(t) = self.nodes[i].engine.poll_transmit() {
+                let kind = t.payload.first().copied().unwrap_or(0xff);
+                self.sent_log.push((i, self.now, t.dst, kind));
                 self.route(i, t.dst, t.payload);
             }
             while let Some(ev) = self.nodes[i].engine.poll_event() {
+                self.events.push((i, ev.clone()));
                 if let Event::PunchRequest(peer) = ev {
                     if let Some(j) = self.nodes.iter().position(|n| n.id == peer) {
                         // Request reaches the coordinator, which tells both at once.
