@@ -166,11 +166,19 @@ impl Peer {
             }
             Timer::HandshakeRetry => {
                 let attempts = self.pending.as_ref().map_or(0, |p| p.attempts);
-                if attempts >= MAX_HANDSHAKE_ATTEMPTS {
+                let heard_recently = self
+                    .last_received
+                    .is_some_and(|t| now.saturating_duration_since(t) < PATH_DEAD_TIMEOUT);
+                if attempts < MAX_HANDSHAKE_ATTEMPTS {
+                    self.start_handshake(shared, now);
+                } else if heard_recently && self.can_send(now) {
+                    // A rekey keeps failing (loss) but the path demonstrably works: keep the
+                    // session and start a fresh series of attempts.
+                    self.clear_pending(shared);
+                    self.start_handshake(shared, now);
+                } else {
                     debug!(peer = %self.id(), attempts, "handshake unanswered");
                     self.path_dead(shared, now);
-                } else {
-                    self.start_handshake(shared, now);
                 }
             }
             Timer::PersistentKeepalive | Timer::PassiveKeepalive => {
