@@ -23,12 +23,13 @@ use warren_proto::ids::{NodeId, PrivateKey};
 use warren_proto::noise::CipherSuite;
 
 use crate::control::{ControlEvent, Welcome};
+use crate::dataio::{DataIo, GsoBatch, RecvBufs};
 use crate::socket::{forward_quic, route, QuicDatagram, Route, MAX_DATAGRAM};
 use crate::state::{self, SavedState};
 use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
 
-/// Datagrams (or TUN packets) handled per wake-up before the engine's output is flushed; bounds
-/// latency while amortising the flush.
+/// TUN packets handled per wake-up before the engine's output is flushed; bounds latency while
+/// amortising the flush (UDP reads are batched by `recvmmsg` in [`DataIo`]).
 const BATCH: usize = 64;
 /// Sleep used when the engine has no deadline.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
@@ -64,6 +65,10 @@ pub struct Daemon {
     me: SelfStatus,
     /// The state directory (for the peer cache).
     dir: PathBuf,
+    /// Batched reads and GSO sends on the shared socket.
+    data: DataIo,
+    /// The GSO run being assembled by [`Daemon::flush`].
+    batch: GsoBatch,
 }
 
 /// Why the daemon loop ended.
@@ -99,7 +104,7 @@ pub fn new_engine(node_id: NodeId, key: PrivateKey) -> Engine {
 impl Daemon {
     /// A daemon for the node described by `state`, starting from the cached peer list so that
     /// tunnels come back even while the coordinator is unreachable.
-    pub fn new(dir: &Path, state: &SavedState, key: PrivateKey, io: Io) -> Self {
+    pub fn new(dir: &Path, state: &SavedState, key: PrivateKey, io: Io) -> std::io::Result<Self> {
         let me = SelfStatus {
             name: state.name.clone(),
             ip: state.mesh_ip,
@@ -117,13 +122,15 @@ impl Daemon {
             tracing::info!(peers = cached.len(), "restored the cached peer list");
             engine.set_peers(&cached, Instant::now());
         }
-        Self {
+        Ok(Self {
             engine,
+            data: DataIo::new(io.udp.clone())?,
+            batch: GsoBatch::default(),
             io,
             peers: cached.into_iter().map(|p| (p.node_id, p)).collect(),
             me,
             dir: dir.to_path_buf(),
-        }
+        })
     }
 
     /// Saves the peer list for the next start.
@@ -136,7 +143,7 @@ impl Daemon {
 
     /// Runs until `shutdown` completes or the control client stops.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Exit {
-        let mut udp_buf = vec![0u8; MAX_DATAGRAM];
+        let mut udp_bufs = RecvBufs::default();
         let mut tun_buf = vec![0u8; MAX_DATAGRAM];
         let mut tun_out = vec![0u8; MAX_DATAGRAM];
         let mut tun_errors = 0u32;
@@ -156,17 +163,11 @@ impl Daemon {
             }
             tokio::select! {
                 () = &mut shutdown => return Exit::Shutdown,
-                res = self.io.udp.recv_from(&mut udp_buf) => match res {
-                    Ok((n, from)) => {
-                        self.on_datagram(from, n, &udp_buf, &mut tun_out).await;
-                        for _ in 1..BATCH {
-                            match self.io.udp.try_recv_from(&mut udp_buf) {
-                                Ok((n, from)) => {
-                                    self.on_datagram(from, n, &udp_buf, &mut tun_out).await
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                res = self.data.recv(&mut udp_bufs) => match res {
+                    Ok(n) => {
+                        udp_bufs.for_each(n, |from, datagram| {
+                            self.on_datagram(from, datagram, &mut tun_out);
+                        });
                     }
                     Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
                 },
@@ -207,17 +208,16 @@ impl Daemon {
     }
 
     /// One datagram from the shared socket.
-    async fn on_datagram(&mut self, from: SocketAddr, n: usize, buf: &[u8], tun_out: &mut [u8]) {
-        let datagram = &buf[..n];
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], tun_out: &mut [u8]) {
         match route(datagram) {
             Route::Quic => forward_quic(&self.io.quic_tx, from, datagram),
             Route::Data => {
-                if let Some(len) =
-                    self.engine
-                        .handle_datagram(from, datagram, tun_out, Instant::now())
-                {
+                let now = Instant::now();
+                if let Some(len) = self.engine.handle_datagram(from, datagram, tun_out, now) {
                     if let Some(packet) = tun_out.get(..len) {
-                        if let Err(e) = self.io.tun.send(packet).await {
+                        // The TUN device takes what the kernel can queue; a full queue drops the
+                        // packet like any congested link, and TCP backs off.
+                        if let Err(e) = self.io.tun.try_send(packet) {
                             tracing::debug!(error = %e, "TUN write failed");
                         }
                     }
@@ -227,12 +227,17 @@ impl Daemon {
         }
     }
 
-    /// Sends what the engine queued and passes its events on.
+    /// Sends what the engine queued (as GSO runs) and passes its events on.
     async fn flush(&mut self) {
+        let max = self.data.max_segments();
         while let Some(t) = self.engine.poll_transmit() {
-            if let Err(e) = self.io.udp.send_to(&t.payload, t.dst).await {
-                tracing::debug!(dst = %t.dst, error = %e, "UDP send failed");
+            if !self.batch.push(t.dst, &t.payload, max) {
+                self.send_batch().await;
+                self.batch.push(t.dst, &t.payload, max);
             }
+        }
+        if !self.batch.is_empty() {
+            self.send_batch().await;
         }
         while let Some(ev) = self.engine.poll_event() {
             match ev {
@@ -252,6 +257,14 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Sends and clears the current GSO run.
+    async fn send_batch(&mut self) {
+        if let Err(e) = self.data.send(&self.batch).await {
+            tracing::debug!(error = %e, "UDP send failed");
+        }
+        self.batch.clear();
     }
 
     /// A control client event.

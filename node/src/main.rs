@@ -12,6 +12,7 @@
 mod candidates;
 mod control;
 mod daemon;
+mod dataio;
 mod error;
 mod run;
 mod socket;
