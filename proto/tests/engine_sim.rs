@@ -531,3 +531,50 @@ fn lossy_long_run_has_no_outage() {
         assert!(changes <= 6, "seed {seed}: {changes} path changes");
     }
 }
+
+#[test]
+fn initiation_flood_is_capped() {
+    use warren_proto::engine::MAX_INITS_PER_SEC;
+    use warren_proto::ids::{PrivateKey, SessionIndex};
+    use warren_proto::noise::{CipherSuite, InitiatorHandshake, Timestamp};
+
+    let mut s = pair(None, None, 22);
+    let now = s.now;
+    let stranger = PrivateKey::from_random([78; 32]);
+    let target = s.nodes[1].engine.public_key();
+    let from: std::net::SocketAddr = "192.0.2.77:4444".parse().unwrap();
+    let mut out = [0u8; 2048];
+    let e = &mut s.nodes[1].engine;
+    let n = MAX_INITS_PER_SEC as u64 + 50;
+    for i in 0..n {
+        let (_, init) = InitiatorHandshake::start(
+            CipherSuite::ChaChaPoly,
+            &stranger,
+            &target,
+            SessionIndex(i as u32),
+            Timestamp::from_unix_nanos(i),
+            [i as u8; 32],
+        )
+        .unwrap();
+        e.handle_datagram(from, &init, &mut out, now);
+    }
+    let d = e.drop_counters();
+    assert_eq!(d.handshake_unknown_key, u64::from(MAX_INITS_PER_SEC));
+    assert_eq!(d.handshake_rate_limited, 50);
+    assert!(e.poll_transmit().is_none());
+    // The budget refills: a second later initiations are processed again.
+    let (_, init) = InitiatorHandshake::start(
+        CipherSuite::ChaChaPoly,
+        &stranger,
+        &target,
+        SessionIndex(1),
+        Timestamp::from_unix_nanos(u64::MAX / 2),
+        [1; 32],
+    )
+    .unwrap();
+    e.handle_datagram(from, &init, &mut out, now + SEC);
+    assert_eq!(
+        e.drop_counters().handshake_unknown_key,
+        u64::from(MAX_INITS_PER_SEC) + 1
+    );
+}

@@ -82,6 +82,11 @@ impl Engine {
         init: &HandshakeInit<'_>,
         now: Instant,
     ) {
+        if !self.shared.init_budget.take(now) {
+            self.shared.drops.handshake_rate_limited += 1;
+            debug!(%from, "initiation over the rate limit dropped");
+            return;
+        }
         let seed = self.shared.seed();
         let resp = match ResponderHandshake::read_init(&self.shared.config.private_key, init, seed)
         {

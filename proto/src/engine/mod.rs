@@ -38,7 +38,7 @@ pub use peer::{MAX_QUEUED, PUNCH_REQUEST_INTERVAL};
 pub use punch::{
     PATH_SETTLE, PROBE_BACKOFF_MAX, PROBE_BACKOFF_MIN, ROUND_DURATION, ROUND_INTERVAL,
 };
-pub use shared::DropCounters;
+pub use shared::{DropCounters, MAX_INITS_PER_SEC};
 pub use timers::{
     MAX_HANDSHAKE_ATTEMPTS, PATH_DEAD_TIMEOUT, PATH_SILENCE_TIMEOUT, RESPONDER_REKEY_AFTER,
 };
@@ -143,6 +143,7 @@ impl Engine {
                 events: VecDeque::new(),
                 drops: DropCounters::default(),
                 last_timestamp: None,
+                init_budget: shared::InitBudget::new(),
             },
             peers: BTreeMap::new(),
             by_ip: HashMap::new(),
@@ -174,7 +175,6 @@ impl Engine {
 
     /// Adds or updates one peer (the coordinator's PeerUpsert).
     pub fn upsert_peer(&mut self, record: &PeerRecord, now: Instant) {
-        let _ = now;
         if record.node_id == self.shared.config.node_id {
             return;
         }
@@ -193,6 +193,10 @@ impl Engine {
             }
             peer.set_candidates(&record.candidates);
             peer.record = record.clone();
+            if peer.round.is_some() {
+                // Still punching: try the new candidates at once.
+                peer.probe_volley(&mut self.shared, now);
+            }
             peer.report_path(&mut self.shared);
         } else {
             let key = ProbeKey::derive(&self.shared.config.private_key, &record.public_key);

@@ -26,6 +26,8 @@ pub struct DropCounters {
     pub ack_unmatched: u64,
     /// Handshake message that Noise rejected.
     pub handshake_invalid: u64,
+    /// Initiation not processed because more than MAX_INITS_PER_SEC arrived this second.
+    pub handshake_rate_limited: u64,
     /// Authentic initiation from a key the coordinator has not listed.
     pub handshake_unknown_key: u64,
     /// Initiation whose timestamp is not newer than the last accepted one (replay).
@@ -73,6 +75,49 @@ pub(crate) struct Shared {
     pub drops: DropCounters,
     /// Last handshake timestamp issued (they must strictly grow).
     pub last_timestamp: Option<Timestamp>,
+    /// Budget of initiations we are willing to process (each costs two X25519 operations).
+    pub init_budget: InitBudget,
+}
+
+/// Initiations processed per second at most, across all sources. Legitimate initiations are
+/// rare (one per peer per two minutes, plus retries), so this only bites under a flood, where it
+/// caps the CPU an unauthenticated sender can burn (WireGuard answers floods with cookies;
+/// Warren has no cookie reply yet).
+pub const MAX_INITS_PER_SEC: u32 = 200;
+
+/// A token bucket for handshake initiations.
+#[derive(Debug)]
+pub(crate) struct InitBudget {
+    /// Initiations still allowed in the current one-second window.
+    left: u32,
+    /// Start of the current window.
+    window_start: Option<Instant>,
+}
+
+impl InitBudget {
+    /// An untouched budget.
+    pub fn new() -> Self {
+        Self {
+            left: MAX_INITS_PER_SEC,
+            window_start: None,
+        }
+    }
+
+    /// Takes one initiation from the budget; false if it is used up for this second.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let fresh = self
+            .window_start
+            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1));
+        if fresh {
+            self.window_start = Some(now);
+            self.left = MAX_INITS_PER_SEC;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
 }
 
 impl Shared {
