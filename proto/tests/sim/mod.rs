@@ -521,3 +521,14 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, seq: u32) -> Vec<u8> {
     p[20..24].copy_from_slice(&seq.to_be_bytes());
     p
 }
+
+/// Two nodes, `a` behind `ka` and `b` behind `kb` (None = open), introduced to each other.
+pub fn pair(ka: Option<NatKind>, kb: Option<NatKind>, seed: u64) -> Sim {
+    let mut s = Sim::new(seed);
+    let sa = ka.map(|k| s.add_nat(k));
+    let sb = kb.map(|k| s.add_nat(k));
+    s.add_node(sa);
+    s.add_node(sb);
+    s.introduce_all();
+    s
+}

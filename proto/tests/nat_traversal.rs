@@ -1,5 +1,5 @@
-//! Deterministic simulation tests of the engine: NAT traversal outcomes, loss, roaming, rekey,
-//! session expiry, and refusal of garbage and replays.
+//! Deterministic simulation tests of the engine: NAT traversal outcomes (open, eim, sym, LAN),
+//! loss, roaming, restarts and punching back-off.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,22 +7,11 @@ mod sim;
 
 use std::time::Duration;
 
-use sim::{NatKind, Sim};
+use sim::{pair, NatKind, Sim};
 use warren_proto::engine::{Event, PathKind};
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
-
-/// Two nodes, `a` behind `ka` and `b` behind `kb` (None = open), introduced to each other.
-fn pair(ka: Option<NatKind>, kb: Option<NatKind>, seed: u64) -> Sim {
-    let mut s = Sim::new(seed);
-    let sa = ka.map(|k| s.add_nat(k));
-    let sb = kb.map(|k| s.add_nat(k));
-    s.add_node(sa);
-    s.add_node(sb);
-    s.introduce_all();
-    s
-}
 
 fn assert_connects_both_ways(s: &mut Sim) {
     s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);
@@ -227,24 +216,6 @@ fn nat_rebinding_behind_filtering_nat_repunches() {
 }
 
 #[test]
-fn traffic_survives_rekey() {
-    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 7);
-    s.traffic_both_ways(0, 1, SEC, 400 * SEC);
-    let ra = s.received_from(1, 0);
-    let rb = s.received_from(0, 1);
-    // Everything after the first couple of seconds arrives, across three rekeys.
-    for seq in 3..399 {
-        assert!(ra.contains(&seq), "b missed {seq}");
-        assert!(rb.contains(&seq), "a missed {seq}");
-    }
-    assert!(s.status(0, 1).last_handshake.unwrap() < 130 * SEC);
-    assert_eq!(s.nodes[1].engine.drop_counters().expired, 0);
-    // Rekeys stay few: at most a handful of initiations per 120 s, from both sides together.
-    let inits = s.delivered_log.iter().filter(|(_, _, p)| p[0] == 1).count();
-    assert!(inits <= 12, "{inits} initiations in 400 s");
-}
-
-#[test]
 fn idle_peer_vanishing_is_noticed() {
     let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 13);
     s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
@@ -281,142 +252,6 @@ fn peer_restart_recovers() {
 }
 
 #[test]
-fn encapsulate_fast_path_and_small_tun_buffer() {
-    let mut s = pair(None, Some(NatKind::Eim), 15);
-    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
-    assert!(s.direct(0, 1));
-    let now = s.now;
-    let pkt = sim::ipv4(s.nodes[0].mesh_ip, s.nodes[1].mesh_ip, 777);
-    let mut out = vec![0u8; pkt.len() + warren_proto::engine::TRANSPORT_OVERHEAD];
-    let (dst, n) = s.nodes[0].engine.encapsulate(&pkt, &mut out, now).unwrap();
-    assert_eq!(n, out.len());
-    assert_eq!(Some(dst), s.status(0, 1).endpoint);
-    let from = s.status(1, 0).endpoint.unwrap();
-    let mut small = [0u8; 50];
-    assert_eq!(
-        s.nodes[1]
-            .engine
-            .handle_datagram(from, &out, &mut small, now),
-        None
-    );
-    assert_eq!(s.nodes[1].engine.drop_counters().tun_out_too_small, 1);
-    let mut tun = [0u8; 1500];
-    // The too-small attempt did not consume the counter.
-    let got = s.nodes[1].engine.handle_datagram(from, &out, &mut tun, now);
-    assert_eq!(got, Some(pkt.len()));
-    assert_eq!(&tun[..pkt.len()], &pkt[..]);
-    // Unknown destination: dropped and counted, nothing sealed.
-    let stray = sim::ipv4(s.nodes[0].mesh_ip, "100.80.9.9".parse().unwrap(), 1);
-    assert!(s.nodes[0]
-        .engine
-        .encapsulate(&stray, &mut out, now)
-        .is_none());
-    assert_eq!(s.nodes[0].engine.drop_counters().tun_unknown_dst, 1);
-}
-
-#[test]
-fn sessions_rejected_after_reject_time_without_rekey() {
-    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 8);
-    s.traffic_both_ways(0, 1, SEC, 5 * SEC);
-    assert!(s.direct(0, 1));
-    s.block_handshakes = true;
-    let t0 = s.now;
-    s.traffic_both_ways(0, 1, SEC, 200 * SEC);
-    let _ = t0;
-    let ra = s.received_from(1, 0);
-    // Sessions were made within the first seconds; nothing may pass after 180 s of age.
-    assert!(ra.contains(&100));
-    assert!(
-        ra.iter().all(|&seq| seq < 180),
-        "packet delivered on an expired session"
-    );
-    assert_ne!(s.status(0, 1).path, PathKind::Direct);
-}
-
-#[test]
-fn garbage_and_unknown_keys_get_no_reply() {
-    use rand::{RngCore, SeedableRng};
-    use warren_proto::ids::{NodeId, PrivateKey, SessionIndex};
-    use warren_proto::noise::{CipherSuite, InitiatorHandshake, Timestamp};
-
-    let mut s = pair(None, None, 9);
-    let now = s.now;
-    let from: std::net::SocketAddr = "192.0.2.99:1234".parse().unwrap();
-    let mut out = [0u8; 2048];
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
-    let engine = &mut s.nodes[1].engine;
-    for _ in 0..5000 {
-        let mut g = vec![0u8; (rng.next_u32() % 200) as usize];
-        rng.fill_bytes(&mut g);
-        if let Some(b) = g.first_mut() {
-            *b %= 6;
-        }
-        assert_eq!(engine.handle_datagram(from, &g, &mut out, now), None);
-    }
-    // An authentic initiation from a key nobody listed.
-    let stranger = PrivateKey::from_random([77; 32]);
-    let (_, init) = InitiatorHandshake::start(
-        CipherSuite::ChaChaPoly,
-        &stranger,
-        &engine.public_key(),
-        SessionIndex(5),
-        Timestamp::from_unix_nanos(1),
-        [1; 32],
-    )
-    .unwrap();
-    engine.handle_datagram(from, &init, &mut out, now);
-    // A probe claiming to be a listed peer, with a wrong MAC.
-    let mut probe = warren_proto::packet::encode_probe_body(NodeId(1), 5);
-    probe.extend_from_slice(&[0u8; 16]);
-    engine.handle_datagram(from, &probe, &mut out, now);
-    assert!(
-        engine.poll_transmit().is_none(),
-        "replied to unauthenticated input"
-    );
-    assert!(engine.poll_event().is_none());
-    let d = engine.drop_counters();
-    assert_eq!(d.handshake_unknown_key, 1);
-    assert_eq!(d.probe_bad_mac, 1);
-    assert!(d.malformed > 1000);
-}
-
-#[test]
-fn replayed_transport_and_handshake_rejected() {
-    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 10);
-    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
-    assert!(s.direct(0, 1));
-    let (from, data) = s
-        .delivered_log
-        .iter()
-        .rev()
-        .find(|(to, _, p)| *to == 1 && p[0] == 3 && p.len() > 40)
-        .map(|(_, f, p)| (*f, p.clone()))
-        .unwrap();
-    let (init_to, init_from, init) = s
-        .delivered_log
-        .iter()
-        .find(|(_, _, p)| p[0] == 1)
-        .map(|(t, f, p)| (*t, *f, p.clone()))
-        .unwrap();
-    let now = s.now;
-    let mut out = [0u8; 2048];
-    let e = &mut s.nodes[1].engine;
-    while e.poll_transmit().is_some() {}
-    let before = e.drop_counters().clone();
-    assert_eq!(e.handle_datagram(from, &data, &mut out, now), None);
-    assert_eq!(e.drop_counters().replayed, before.replayed + 1);
-    let e = &mut s.nodes[init_to].engine;
-    while e.poll_transmit().is_some() {}
-    let before = e.drop_counters().clone();
-    e.handle_datagram(init_from, &init, &mut out, now);
-    assert_eq!(
-        e.drop_counters().handshake_replay,
-        before.handshake_replay + 1
-    );
-    assert!(e.poll_transmit().is_none(), "replayed initiation answered");
-}
-
-#[test]
 fn deterministic_given_seeds() {
     let run = || {
         let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 11);
@@ -428,48 +263,6 @@ fn deterministic_given_seeds() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
-}
-
-#[test]
-fn garbage_at_an_established_peer_changes_nothing() {
-    use rand::{RngCore, SeedableRng};
-    let mut s = pair(None, Some(NatKind::Eim), 19);
-    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
-    assert!(s.direct(0, 1));
-    // A real transport packet to node 0, to learn its live receiver index.
-    let (_, _, real) = s
-        .delivered_log
-        .iter()
-        .rev()
-        .find(|(to, _, p)| *to == 0 && p[0] == 3)
-        .cloned()
-        .unwrap();
-    let attacker: std::net::SocketAddr = "192.0.2.66:999".parse().unwrap();
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(19);
-    let now = s.now;
-    let mut out = [0u8; 2048];
-    let e = &mut s.nodes[0].engine;
-    while e.poll_transmit().is_some() {}
-    for i in 0..3000u64 {
-        let mut g = real.clone();
-        let len = 16 + (rng.next_u32() as usize % 150);
-        g.resize(len.max(32), 0);
-        rng.fill_bytes(&mut g[8..]);
-        if i % 3 == 0 {
-            g[0] = (rng.next_u32() % 6) as u8;
-        }
-        assert_eq!(e.handle_datagram(attacker, &g, &mut out, now), None);
-    }
-    assert!(e.poll_transmit().is_none(), "answered forged packets");
-    let d = e.drop_counters();
-    assert!(d.decrypt_failed > 500, "{d:?}");
-    // The forged source did not hijack the endpoint, and traffic still flows.
-    assert_ne!(s.status(0, 1).endpoint, Some(attacker));
-    s.nodes[0].tun_rx.clear();
-    s.nodes[1].tun_rx.clear();
-    s.traffic_both_ways(0, 1, 100 * MS, 2 * SEC);
-    assert!(s.received_from(0, 1).len() >= 19);
-    assert!(s.received_from(1, 0).len() >= 19);
 }
 
 #[test]
@@ -530,51 +323,4 @@ fn lossy_long_run_has_no_outage() {
             .count();
         assert!(changes <= 6, "seed {seed}: {changes} path changes");
     }
-}
-
-#[test]
-fn initiation_flood_is_capped() {
-    use warren_proto::engine::MAX_INITS_PER_SEC;
-    use warren_proto::ids::{PrivateKey, SessionIndex};
-    use warren_proto::noise::{CipherSuite, InitiatorHandshake, Timestamp};
-
-    let mut s = pair(None, None, 22);
-    let now = s.now;
-    let stranger = PrivateKey::from_random([78; 32]);
-    let target = s.nodes[1].engine.public_key();
-    let from: std::net::SocketAddr = "192.0.2.77:4444".parse().unwrap();
-    let mut out = [0u8; 2048];
-    let e = &mut s.nodes[1].engine;
-    let n = MAX_INITS_PER_SEC as u64 + 50;
-    for i in 0..n {
-        let (_, init) = InitiatorHandshake::start(
-            CipherSuite::ChaChaPoly,
-            &stranger,
-            &target,
-            SessionIndex(i as u32),
-            Timestamp::from_unix_nanos(i),
-            [i as u8; 32],
-        )
-        .unwrap();
-        e.handle_datagram(from, &init, &mut out, now);
-    }
-    let d = e.drop_counters();
-    assert_eq!(d.handshake_unknown_key, u64::from(MAX_INITS_PER_SEC));
-    assert_eq!(d.handshake_rate_limited, 50);
-    assert!(e.poll_transmit().is_none());
-    // The budget refills: a second later initiations are processed again.
-    let (_, init) = InitiatorHandshake::start(
-        CipherSuite::ChaChaPoly,
-        &stranger,
-        &target,
-        SessionIndex(1),
-        Timestamp::from_unix_nanos(u64::MAX / 2),
-        [1; 32],
-    )
-    .unwrap();
-    e.handle_datagram(from, &init, &mut out, now + SEC);
-    assert_eq!(
-        e.drop_counters().handshake_unknown_key,
-        u64::from(MAX_INITS_PER_SEC) + 1
-    );
 }
