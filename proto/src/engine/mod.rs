@@ -6,12 +6,29 @@
 //! ([`Engine::poll_event`]) and the next deadline ([`Engine::poll_timeout`]). Decrypted IP packets
 //! are written into a caller-supplied buffer by [`Engine::handle_datagram`].
 //!
+//! Life of a peer:
+//! 1. *Connecting.* A TUN packet for it is queued ([`MAX_QUEUED`]), a
+//!    [`Event::PunchRequest`] goes to the coordinator and a probing round starts; the
+//!    coordinator's Punch order ([`Engine::handle_punch`]) reaches both sides at once. Probes
+//!    go to every candidate with back-off for [`ROUND_DURATION`]; a failed round is repeated
+//!    every [`ROUND_INTERVAL`] while traffic waits.
+//! 2. *Path confirmed* by an authenticated ProbeAck (lowest RTT wins within a round). A Noise
+//!    IK handshake runs over it (both sides may initiate; both sessions work).
+//! 3. *Direct.* Queued packets flush; keepalives hold the NAT open; the initiator rekeys after
+//!    two minutes. Authenticated packets from a new address move the endpoint (roaming).
+//! 4. *Path dead* (data unanswered for [`PATH_DEAD_TIMEOUT`], silence for
+//!    [`PATH_SILENCE_TIMEOUT`], or [`MAX_HANDSHAKE_ATTEMPTS`] unanswered initiations): sessions
+//!    are dropped and the peer is Connecting again.
+//!
 //! Submodules: `peer` (per-peer state, send path), `punch` (probing rounds, path choice),
 //! `handshake` (Noise handshakes, receive path), `timers` (timers as data), `shared` (engine-wide
 //! state and [`DropCounters`]).
 //!
 //! Sizes the shell must know: `tun_out` must hold the largest packet a peer may send (the TUN
-//! MTU); a transport datagram is the IP packet plus [`TRANSPORT_OVERHEAD`] (32) bytes.
+//! MTU), and decryption is allocation-free when it has 16 bytes more; a transport datagram is
+//! the IP packet plus [`TRANSPORT_OVERHEAD`] (32) bytes. Pass only Warren datagrams (first byte
+//! below 0x40, see [`crate::packet::is_quic`]) to [`Engine::handle_datagram`]; anything else is
+//! counted as malformed. Re-read [`Engine::poll_timeout`] after every call: deadlines move.
 
 mod handshake;
 mod peer;

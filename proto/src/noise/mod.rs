@@ -6,7 +6,7 @@
 //! nanoseconds, big-endian) that the responder requires to grow per peer, which stops replayed
 //! initiations (WireGuard's scheme). After the handshake the keys move to snow's
 //! [`snow::StatelessTransportState`]: every transport packet carries its counter explicitly, so
-//! packets may be reordered and a [`ReplayWindow`] rejects duplicates after authentication.
+//! packets may be reordered and a [`crate::replay::ReplayWindow`] rejects duplicates after authentication.
 //!
 //! The snow handshake draws its ephemeral keys from a resolver fed by a caller-supplied seed, so
 //! the crate reads no OS randomness and tests are deterministic. AEAD and hashing come from ring.
