@@ -240,7 +240,14 @@ impl Engine {
                 return None;
             }
         };
-        if promote {
+        // Promote the responder session unless our own newer initiation already replaced it
+        // (both sides initiated at once): then each side keeps sending on the keys it
+        // initiated and receives on both, and each rekeys its own on time.
+        let newer = match (&peer.next, &peer.current) {
+            (Some(n), Some(c)) => n.created_at >= c.created_at,
+            _ => true,
+        };
+        if promote && newer {
             if let Some(s) = peer.next.take() {
                 debug!(peer = %peer.id(), "handshake complete (responder confirmed)");
                 peer.install_current(s, &mut self.shared, now);

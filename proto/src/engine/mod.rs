@@ -41,7 +41,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{RngCore, SeedableRng};
 use tracing::debug;
 
 use crate::control::PeerRecord;
@@ -51,7 +51,7 @@ use crate::packet::Packet;
 use crate::probe::ProbeKey;
 
 pub use crate::packet::TRANSPORT_OVERHEAD;
-pub use peer::{MAX_QUEUED, PUNCH_REQUEST_INTERVAL};
+pub use peer::{MAX_QUEUED, PUNCH_REQUEST_INTERVAL, REKEY_JITTER_MAX};
 pub use punch::{
     PATH_SETTLE, PROBE_BACKOFF_MAX, PROBE_BACKOFF_MIN, ROUND_DURATION, ROUND_INTERVAL,
 };
@@ -217,7 +217,10 @@ impl Engine {
             peer.report_path(&mut self.shared);
         } else {
             let key = ProbeKey::derive(&self.shared.config.private_key, &record.public_key);
-            self.peers.insert(id, Peer::new(record.clone(), key));
+            let jitter_ms = self.shared.rng.next_u64() % (REKEY_JITTER_MAX.as_millis() as u64 + 1);
+            let jitter = Duration::from_millis(jitter_ms);
+            self.peers
+                .insert(id, Peer::new(record.clone(), key, jitter));
         }
         self.by_ip.insert(record.mesh_ip.0, id);
         self.by_key.insert(record.public_key, id);

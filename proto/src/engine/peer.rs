@@ -14,16 +14,21 @@ use tracing::debug;
 
 use super::punch::{Candidate, Round};
 use super::shared::Shared;
+use super::timers::RESPONDER_REKEY_AFTER;
 use super::{Event, PathKind, PeerStatus};
 use crate::control::PeerRecord;
 use crate::ids::NodeId;
-use crate::noise::{InitiatorHandshake, NoiseError, Session, Timestamp};
+use crate::noise::{
+    InitiatorHandshake, NoiseError, Session, Timestamp, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+};
 use crate::packet::TRANSPORT_OVERHEAD;
 use crate::probe::ProbeKey;
 
 /// Packets queued per peer while connecting; the oldest is dropped beyond this (a TCP
 /// retransmits anyway; a deep queue only adds latency).
 pub const MAX_QUEUED: usize = 32;
+/// Largest per-peer jitter added to REKEY_AFTER_TIME.
+pub const REKEY_JITTER_MAX: Duration = Duration::from_secs(3);
 /// Minimum spacing of PunchRequest events per peer (the coordinator relays each to the peer).
 pub const PUNCH_REQUEST_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -88,10 +93,13 @@ pub(crate) struct Peer {
     pub tx_bytes: u64,
     /// When the latest session was completed.
     pub last_handshake: Option<Instant>,
+    /// Added to REKEY_AFTER_TIME for this peer (up to [`REKEY_JITTER_MAX`]), so that two
+    /// initiators that keyed at the same moment do not rekey at the same moment again.
+    pub rekey_jitter: Duration,
 }
 
 impl Peer {
-    pub fn new(record: PeerRecord, probe_key: ProbeKey) -> Self {
+    pub fn new(record: PeerRecord, probe_key: ProbeKey, rekey_jitter: Duration) -> Self {
         let candidates = record
             .candidates
             .iter()
@@ -121,6 +129,7 @@ impl Peer {
             rx_bytes: 0,
             tx_bytes: 0,
             last_handshake: None,
+            rekey_jitter,
         }
     }
 
@@ -154,6 +163,23 @@ impl Peer {
         self.previous = self.current.take();
         self.current = Some(session);
         self.last_handshake = Some(now);
+    }
+
+    /// When the keys should be replaced. The newest keys count, whether in `current` or still
+    /// in `next` (the peer just rekeyed): if we initiated them we rekey after
+    /// REKEY_AFTER_TIME (+ jitter), otherwise the peer is expected to, and we only step in at
+    /// [`RESPONDER_REKEY_AFTER`], shortly before they expire.
+    pub fn rekey_due_at(&self) -> Option<Instant> {
+        self.current.as_ref()?;
+        let newest = [self.current.as_ref(), self.next.as_ref()]
+            .into_iter()
+            .flatten()
+            .max_by_key(|s| s.created_at)?;
+        Some(if newest.is_initiator {
+            newest.created_at + REKEY_AFTER_TIME + self.rekey_jitter
+        } else {
+            newest.created_at + RESPONDER_REKEY_AFTER
+        })
     }
 
     /// Whether packets can be sent now.
@@ -227,7 +253,12 @@ impl Peer {
             self.tx_bytes += plaintext.len() as u64;
             self.awaiting_reply_since.get_or_insert(now);
         }
-        if session_wants_rekey(self.current.as_ref(), now) && self.pending.is_none() {
+        let by_count = self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.sent_count() >= REKEY_AFTER_MESSAGES);
+        let by_time = self.rekey_due_at().is_some_and(|t| t <= now);
+        if (by_count || by_time) && self.pending.is_none() {
             self.start_handshake(shared, now);
         }
         Some((dst, n))
@@ -284,16 +315,4 @@ impl Peer {
                 .map(|t| now.saturating_duration_since(t)),
         }
     }
-}
-
-/// Whether the current session should be replaced: the initiator rekeys after REKEY_AFTER_TIME;
-/// the responder only as a fallback shortly before the session would expire.
-pub(crate) fn session_wants_rekey(session: Option<&Session>, now: Instant) -> bool {
-    session.is_some_and(|s| {
-        if s.is_initiator {
-            s.wants_rekey(now)
-        } else {
-            now.saturating_duration_since(s.created_at) >= super::timers::RESPONDER_REKEY_AFTER
-        }
-    })
 }

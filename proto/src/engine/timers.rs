@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::peer::{session_wants_rekey, Peer};
+use super::peer::Peer;
 use super::punch::ROUND_INTERVAL;
 use super::shared::Shared;
 use super::PathKind;
-use crate::noise::{
-    KEEPALIVE_TIMEOUT, PASSIVE_KEEPALIVE, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT,
-};
+use crate::noise::{KEEPALIVE_TIMEOUT, PASSIVE_KEEPALIVE, REJECT_AFTER_TIME, REKEY_TIMEOUT};
 
 /// A direct path on which we sent data and heard nothing back for this long is dead: the peer
 /// owes us a passive keepalive after [`PASSIVE_KEEPALIVE`] (10 s), plus one [`REKEY_TIMEOUT`]
@@ -112,13 +110,7 @@ impl Peer {
                 if self.endpoint.is_none() || self.pending.is_some() {
                     return None;
                 }
-                let s = self.current.as_ref()?;
-                let after = if s.is_initiator {
-                    REKEY_AFTER_TIME
-                } else {
-                    RESPONDER_REKEY_AFTER
-                };
-                Some(s.created_at + after)
+                self.rekey_due_at()
             }
             Timer::SessionExpiry => [&self.current, &self.previous, &self.next]
                 .into_iter()
@@ -186,10 +178,8 @@ impl Peer {
             }
             Timer::PathDead | Timer::PathSilent => self.path_dead(shared, now),
             Timer::Rekey => {
-                if session_wants_rekey(self.current.as_ref(), now) {
-                    debug!(peer = %self.id(), "rekey");
-                    self.start_handshake(shared, now);
-                }
+                debug!(peer = %self.id(), "rekey");
+                self.start_handshake(shared, now);
             }
             Timer::SessionExpiry => {
                 for slot in [&mut self.current, &mut self.previous, &mut self.next] {
