@@ -241,16 +241,28 @@ impl Engine {
             }
         };
         // Promote the responder session unless our own newer initiation already replaced it
-        // (both sides initiated at once): then each side keeps sending on the keys it
-        // initiated and receives on both, and each rekeys its own on time.
+        // (both sides initiated at once); a session not promoted stays usable for receiving
+        // in `previous`.
+        // Tie-break for sessions initiated at once: both sides settle on the one initiated by
+        // the lower node id, so that both send on the same keys and the next rekey can retire
+        // the other session without loss.
         let newer = match (&peer.next, &peer.current) {
-            (Some(n), Some(c)) => n.created_at >= c.created_at,
+            (Some(n), Some(c)) => {
+                n.created_at >= c.created_at || peer.record.node_id < self.shared.config.node_id
+            }
             _ => true,
         };
-        if promote && newer {
+        if promote {
             if let Some(s) = peer.next.take() {
-                debug!(peer = %peer.id(), "handshake complete (responder confirmed)");
-                peer.install_current(s, &mut self.shared, now);
+                if newer {
+                    debug!(peer = %peer.id(), "handshake complete (responder confirmed)");
+                    peer.install_current(s, &mut self.shared, now);
+                } else {
+                    // Keep receiving on it, but free `next` for the peer's next rekey.
+                    if let Some(old) = peer.previous.replace(s) {
+                        self.shared.free_index(old.local_index);
+                    }
+                }
             }
         }
         peer.authenticated_from(from, now);
