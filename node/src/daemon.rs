@@ -16,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tun_rs::AsyncDevice;
 use warren_proto::control::{CoordMessage, NodeMessage, PeerRecord};
 use warren_proto::engine::{Engine, EngineConfig, Event};
 use warren_proto::ids::{NodeId, PrivateKey};
@@ -24,9 +23,10 @@ use warren_proto::noise::CipherSuite;
 
 use crate::control::{ControlEvent, Welcome};
 use crate::dataio::{DataIo, GsoBatch, RecvBufs};
-use crate::socket::{forward_quic, route, QuicDatagram, Route, MAX_DATAGRAM};
+use crate::socket::{forward_quic, route, QuicDatagram, Route};
 use crate::state::{self, SavedState};
 use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
+use crate::tunio::TunIo;
 
 /// TUN packets handled per wake-up before the engine's output is flushed; bounds latency while
 /// amortising the flush (UDP reads are batched by `recvmmsg` in [`DataIo`]).
@@ -41,8 +41,8 @@ const TUN_ERROR_LIMIT: u32 = 64;
 pub struct Io {
     /// The shared UDP socket.
     pub udp: Arc<UdpSocket>,
-    /// The TUN device.
-    pub tun: AsyncDevice,
+    /// The TUN device and its buffers.
+    pub tun: TunIo,
     /// QUIC datagrams to quinn.
     pub quic_tx: mpsc::Sender<QuicDatagram>,
     /// Events from the control client.
@@ -144,8 +144,6 @@ impl Daemon {
     /// Runs until `shutdown` completes or the control client stops.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Exit {
         let mut udp_bufs = RecvBufs::default();
-        let mut tun_buf = vec![0u8; MAX_DATAGRAM];
-        let mut tun_out = vec![0u8; MAX_DATAGRAM];
         let mut tun_errors = 0u32;
         tokio::pin!(shutdown);
         // One timer, re-armed only when the engine's deadline moves (not once per packet).
@@ -165,21 +163,22 @@ impl Daemon {
                 () = &mut shutdown => return Exit::Shutdown,
                 res = self.data.recv(&mut udp_bufs) => match res {
                     Ok(n) => {
-                        udp_bufs.for_each(n, |from, datagram| {
-                            self.on_datagram(from, datagram, &mut tun_out);
-                        });
+                        udp_bufs.for_each(n, |from, datagram| self.on_datagram(from, datagram));
+                        self.io.tun.write_queued();
                     }
                     Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
                 },
-                res = self.io.tun.recv(&mut tun_buf) => match res {
+                res = self.io.tun.recv() => match res {
                     Ok(n) => {
                         tun_errors = 0;
                         let now = Instant::now();
-                        self.engine.handle_tun_packet(&tun_buf[..n], now);
+                        for i in 0..n {
+                            self.engine.handle_tun_packet(self.io.tun.packet(i), now);
+                        }
                         for _ in 1..BATCH {
-                            match self.io.tun.try_recv(&mut tun_buf) {
-                                Ok(n) => self.engine.handle_tun_packet(&tun_buf[..n], now),
-                                Err(_) => break,
+                            let Ok(n) = self.io.tun.try_recv() else { break };
+                            for i in 0..n {
+                                self.engine.handle_tun_packet(self.io.tun.packet(i), now);
                             }
                         }
                     }
@@ -207,20 +206,15 @@ impl Daemon {
         }
     }
 
-    /// One datagram from the shared socket.
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], tun_out: &mut [u8]) {
+    /// One datagram from the shared socket; a decrypted packet is queued for TUN.
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
         match route(datagram) {
             Route::Quic => forward_quic(&self.io.quic_tx, from, datagram),
             Route::Data => {
                 let now = Instant::now();
-                if let Some(len) = self.engine.handle_datagram(from, datagram, tun_out, now) {
-                    if let Some(packet) = tun_out.get(..len) {
-                        // The TUN device takes what the kernel can queue; a full queue drops the
-                        // packet like any congested link, and TCP backs off.
-                        if let Err(e) = self.io.tun.try_send(packet) {
-                            tracing::debug!(error = %e, "TUN write failed");
-                        }
-                    }
+                let slot = self.io.tun.slot();
+                if let Some(len) = self.engine.handle_datagram(from, datagram, slot, now) {
+                    self.io.tun.commit(len);
                 }
             }
             Route::Drop => {}

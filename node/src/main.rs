@@ -20,6 +20,7 @@ mod state;
 mod status;
 mod tls;
 mod tun;
+mod tunio;
 
 #[cfg(test)]
 mod testutil;

@@ -25,6 +25,7 @@ use crate::socket::{self, QuicDatagram};
 use crate::state::{self, Pending, SavedState};
 use crate::status;
 use crate::tun;
+use crate::tunio::TunIo;
 use crate::{Cli, Command};
 
 /// Queue depth of the control client → daemon channel.
@@ -231,7 +232,7 @@ async fn run_daemon(
     ));
     let io = Io {
         udp,
-        tun: dev,
+        tun: TunIo::new(dev),
         quic_tx,
         control_rx,
         outbox,

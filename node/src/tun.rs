@@ -13,12 +13,22 @@ use warren_proto::ids::{MeshIp, MeshNetwork};
 /// header, UDP and IP headers) fits any path, and fits the relay carrier over QUIC.
 pub const TUN_MTU: u16 = 1280;
 
-/// Creates the interface `name` (MTU [`TUN_MTU`], no address yet).
+/// Creates the interface `name` (MTU [`TUN_MTU`], no address yet), with TCP/UDP offload when
+/// the kernel supports it (see `tunio`).
 pub fn create(name: &str) -> anyhow::Result<AsyncDevice> {
-    DeviceBuilder::new()
-        .name(name)
-        .mtu(TUN_MTU)
-        .build_async()
+    let build = |offload: bool| {
+        DeviceBuilder::new()
+            .name(name)
+            .mtu(TUN_MTU)
+            .offload(offload)
+            .build_async()
+    };
+    let want = std::env::var_os("WARREN_TUN_OFFLOAD").is_none_or(|v| v != "0");
+    build(want)
+        .or_else(|e| {
+            tracing::debug!(error = %e, "TUN offload unavailable; plain TUN");
+            build(false)
+        })
         .map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::PermissionDenied => {

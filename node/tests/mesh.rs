@@ -49,11 +49,12 @@ struct Node {
 }
 
 impl Node {
-    fn join(ns: &str, token: &str, dir: &Path, name: &str) -> Self {
+    fn join(ns: &str, token: &str, dir: &Path, name: &str, offload: bool) -> Self {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, BIN, "join", token, "--tun", "warren0"])
             .args(["--name", name, "--state-dir", dir.to_str().unwrap()])
             .env("RUST_LOG", "info")
+            .env("WARREN_TUN_OFFLOAD", if offload { "1" } else { "0" })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -150,11 +151,20 @@ fn coordinator_in(ns: &str) -> (fake_coordinator::Fake, tokio::runtime::Runtime)
 
 #[test]
 fn two_daemons_carry_ping_over_a_direct_path() {
+    two_daemons(true);
+}
+
+#[test]
+fn two_daemons_without_tun_offload() {
+    two_daemons(false);
+}
+
+fn two_daemons(offload: bool) {
     if unsafe { libc::geteuid() } != 0 || Command::new("ip").arg("-V").output().is_err() {
         eprintln!("needs root and iproute2: skipping");
         return;
     }
-    let p = format!("wn{}", std::process::id() % 100_000);
+    let p = format!("wn{}{}", std::process::id() % 100_000, u8::from(offload));
     let (hub, a, b) = (format!("{p}h"), format!("{p}a"), format!("{p}b"));
     let root = std::env::temp_dir().join(format!("warren-mesh-{p}"));
     let _ = std::fs::remove_dir_all(&root);
@@ -199,8 +209,8 @@ fn two_daemons_carry_ping_over_a_direct_path() {
     }
     let (fake, _rt) = coordinator_in(&hub);
     let token = fake.token(fake_coordinator::GOOD, None);
-    let mut na = Node::join(&a, &token, &root.join("a"), "node-a");
-    let mut nb = Node::join(&b, &token, &root.join("b"), "node-b");
+    let mut na = Node::join(&a, &token, &root.join("a"), "node-a", offload);
+    let mut nb = Node::join(&b, &token, &root.join("b"), "node-b", offload);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut ok = false;
