@@ -220,9 +220,11 @@ fn idle_peer_vanishing_is_noticed() {
     let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 13);
     s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
     assert!(s.direct(0, 1));
-    // Idle but alive: persistent keepalives keep the path up.
+    // Idle but alive: persistent keepalives keep the path up, and refresh the RTT.
+    s.wan_latency = 50 * MS;
     s.run_for(100 * SEC);
     assert!(s.direct(0, 1), "idle path died: {:?}", s.status(0, 1));
+    assert_eq!(s.status(0, 1).rtt, Some(100 * MS));
     s.offline.insert(1);
     s.run_for(60 * SEC);
     assert_eq!(s.status(0, 1).path, PathKind::Connecting);

@@ -173,7 +173,15 @@ impl Peer {
                     self.path_dead(shared, now);
                 }
             }
-            Timer::PersistentKeepalive | Timer::PassiveKeepalive => {
+            Timer::PersistentKeepalive => {
+                self.send_transport(&[], shared, now);
+                // A probe alongside refreshes the RTT shown in `warren status`.
+                if let Some(ep) = self.endpoint {
+                    let i = self.add_candidate(ep, true);
+                    self.send_probe(i, shared, now);
+                }
+            }
+            Timer::PassiveKeepalive => {
                 self.send_transport(&[], shared, now);
             }
             Timer::PathDead | Timer::PathSilent => self.path_dead(shared, now),
