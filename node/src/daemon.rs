@@ -28,9 +28,9 @@ use crate::state::{self, SavedState};
 use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
 use crate::tunio::TunIo;
 
-/// TUN packets handled per wake-up before the engine's output is flushed; bounds latency while
-/// amortising the flush (UDP reads are batched by `recvmmsg` in [`DataIo`]).
-const BATCH: usize = 64;
+/// TUN packets handled per wake-up before the engine's output is flushed; bounds latency and the
+/// engine's queue while amortising the flush (UDP reads are batched by `recvmmsg` in [`DataIo`]).
+const TUN_BATCH: usize = 128;
 /// Sleep used when the engine has no deadline.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// Consecutive TUN read errors after which the interface is considered gone (deleted by hand,
@@ -163,7 +163,8 @@ impl Daemon {
                 () = &mut shutdown => return Exit::Shutdown,
                 res = self.data.recv(&mut udp_bufs) => match res {
                     Ok(n) => {
-                        udp_bufs.for_each(n, |from, datagram| self.on_datagram(from, datagram));
+                        let now = Instant::now();
+                        udp_bufs.for_each(n, |from, datagram| self.on_datagram(from, datagram, now));
                         self.io.tun.write_queued();
                     }
                     Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
@@ -175,11 +176,13 @@ impl Daemon {
                         for i in 0..n {
                             self.engine.handle_tun_packet(self.io.tun.packet(i), now);
                         }
-                        for _ in 1..BATCH {
+                        let mut total = n;
+                        while total < TUN_BATCH {
                             let Ok(n) = self.io.tun.try_recv() else { break };
                             for i in 0..n {
                                 self.engine.handle_tun_packet(self.io.tun.packet(i), now);
                             }
+                            total += n.max(1);
                         }
                     }
                     Err(e) => {
@@ -207,11 +210,10 @@ impl Daemon {
     }
 
     /// One datagram from the shared socket; a decrypted packet is queued for TUN.
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
         match route(datagram) {
             Route::Quic => forward_quic(&self.io.quic_tx, from, datagram),
             Route::Data => {
-                let now = Instant::now();
                 let slot = self.io.tun.slot();
                 if let Some(len) = self.engine.handle_datagram(from, datagram, slot, now) {
                     self.io.tun.commit(len);
