@@ -179,3 +179,71 @@ fn lab_routers_behave_as_their_kind() {
 fn ip4(ip: Ipv4Addr) -> std::net::IpAddr {
     std::net::IpAddr::V4(ip)
 }
+
+/// True when namespace `ns` exists.
+fn ns_exists(ns: &str) -> Result<bool> {
+    Ok(warren_lab::names::list_namespaces()?
+        .iter()
+        .any(|n| n == ns))
+}
+
+#[test]
+fn dropping_a_lab_removes_its_processes_and_namespaces_even_on_panic() {
+    let (pid, namespaces) = {
+        let caught = std::panic::catch_unwind(|| {
+            let mut lab = Lab::new("drop-on-panic").expect("lab");
+            let site = lab.add_site(SiteKind::Eim).expect("site");
+            let ns = site.hosts[0].ns.clone();
+            let id = lab
+                .spawn(
+                    "sleeper",
+                    &ns,
+                    std::path::Path::new("/bin/sleep"),
+                    &["60".into()],
+                )
+                .expect("spawn");
+            let pid = lab.proc(id).pid();
+            let names = vec![ns, site.router.clone().expect("eim has a router")];
+            std::panic::panic_any((pid, names));
+        });
+        let payload = caught.expect_err("the closure panics");
+        *payload
+            .downcast::<(u32, Vec<String>)>()
+            .expect("panic payload is (pid, namespaces)")
+    };
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} survived the lab"
+    );
+    for ns in namespaces {
+        assert!(
+            !ns_exists(&ns).expect("list"),
+            "namespace {ns} survived the lab"
+        );
+    }
+}
+
+#[test]
+fn stale_namespaces_of_dead_lab_runs_are_swept() {
+    // A pid that certainly belonged to a process that has exited.
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead = child.id();
+    child.wait().expect("wait");
+    let stale = format!("wl{dead}-0-stale");
+    let unrelated = format!("wlx{dead}-stale");
+    warren_lab::netns::create(&stale).expect("create stale ns");
+    warren_lab::netns::create(&unrelated).expect("create unrelated ns");
+    let result = Lab::new("sweep").map(drop);
+    let stale_left = ns_exists(&stale).expect("list");
+    let unrelated_left = ns_exists(&unrelated).expect("list");
+    let _ = warren_lab::netns::delete(&unrelated);
+    let _ = warren_lab::netns::delete(&stale);
+    result.expect("lab");
+    assert!(!stale_left, "stale namespace {stale} was not swept");
+    assert!(
+        unrelated_left,
+        "a namespace outside the lab's pattern was swept"
+    );
+}

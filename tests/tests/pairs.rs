@@ -1,0 +1,266 @@
+//! Two real nodes per test, each behind its kind of site, joined through a real coordinator:
+//! they must reach each other over the mesh on a direct path, carry bulk traffic without the
+//! coordinator, and show up in the coordinator's HTTP API (DESIGN.md sections 3 and 4).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use warren_lab::cmd::wait_for;
+use warren_lab::lab::EXEC_TIMEOUT;
+use warren_lab::netns::link_bytes;
+use warren_lab::{Host, Lab, Node, SiteKind};
+
+/// From both daemons started to the first ping answered across the mesh.
+const FIRST_PING: Duration = Duration::from_secs(30);
+/// From first ping to both sides reporting a direct path.
+const DIRECT: Duration = Duration::from_secs(25);
+/// Bulk transfer: this many echo requests of [`PING_SIZE`] bytes of payload, each way.
+const PING_COUNT: u32 = 1000;
+/// ICMP payload per echo request, bytes.
+const PING_SIZE: u32 = 1200;
+/// The coordinator may see at most 1/COORD_FRACTION of the bulk traffic's bytes.
+const COORD_FRACTION: u64 = 20;
+
+#[test]
+fn pair_eim_eim_goes_direct() {
+    pair("pair-eim-eim", SiteKind::Eim, SiteKind::Eim);
+}
+
+#[test]
+fn pair_open_eim_goes_direct() {
+    pair("pair-open-eim", SiteKind::Open, SiteKind::Eim);
+}
+
+#[test]
+fn pair_lan_lan_goes_direct_over_the_lan() {
+    pair("pair-lan-lan", SiteKind::Lan, SiteKind::Lan);
+}
+
+/// The whole scenario for one pair of site kinds (`Lan`+`Lan` means one shared LAN).
+fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind) {
+    Lab::run_test(test, |lab| {
+        let coord = lab.start_coordinator()?;
+        let (ha, hb) = if kind_a == SiteKind::Lan && kind_b == SiteKind::Lan {
+            let site = lab.add_site(SiteKind::Lan)?;
+            (site.hosts[0].clone(), site.hosts[1].clone())
+        } else {
+            let sa = lab.add_site(kind_a)?;
+            let sb = lab.add_site(kind_b)?;
+            (sa.hosts[0].clone(), sb.hosts[0].clone())
+        };
+        let ta = lab.invite(&coord, &[])?;
+        let tb = lab.invite(&coord, &[])?;
+        let a = lab.join(&ha, &ta, "alpha", None)?;
+        let b = lab.join(&hb, &tb, "bravo", None)?;
+        let ip_a = lab.wait_node_ready(&a)?;
+        let ip_b = lab.wait_node_ready(&b)?;
+        eprintln!(
+            "[{test}] alpha {} = {ip_a}, bravo {} = {ip_b}",
+            ha.ip, hb.ip
+        );
+
+        // First packet across the mesh (punching may take a few rounds).
+        let started = b.started.max(a.started);
+        wait_for(
+            "the first mesh ping alpha -> bravo",
+            FIRST_PING,
+            Duration::ZERO,
+            || Ok(lab.ping(&ha, ip_b, 1)?.then_some(())),
+        )?;
+        let first_ping = started.elapsed();
+        eprintln!("[{test}] time from node start to first ping: {first_ping:.2?}");
+        ensure!(
+            lab.ping(&ha, ip_b, 3)?,
+            "ping -c 3 alpha -> bravo failed after the first ping"
+        );
+        ensure!(lab.ping(&hb, ip_a, 3)?, "ping -c 3 bravo -> alpha failed");
+
+        // Both sides on a direct path, each at the other's expected address.
+        let t0 = Instant::now();
+        wait_for(
+            "both sides to report a direct path",
+            DIRECT,
+            Duration::from_millis(250),
+            || {
+                let pa = lab
+                    .peer_status(&a, "bravo")?
+                    .context("alpha does not list bravo")?;
+                let pb = lab
+                    .peer_status(&b, "alpha")?
+                    .context("bravo does not list alpha")?;
+                if pa.path == "direct" && pb.path == "direct" {
+                    return Ok(Some(()));
+                }
+                bail!(
+                    "alpha sees bravo {:?} via {:?}, bravo sees alpha {:?} via {:?}",
+                    pa.path,
+                    pa.endpoint,
+                    pb.path,
+                    pb.endpoint
+                )
+            },
+        )?;
+        eprintln!(
+            "[{test}] direct on both sides {:.2?} after the first ping",
+            t0.elapsed()
+        );
+        check_endpoint(lab, &a, "bravo", &hb)?;
+        check_endpoint(lab, &b, "alpha", &ha)?;
+
+        // Bulk traffic must not touch the coordinator.
+        let co_ns = lab.coordinator_host.ns.clone();
+        let (rx0, tx0) = link_bytes(&co_ns, "eth0")?;
+        let sent_before = peer_u64(lab, &a, "bravo", "tx_bytes")?;
+        let t1 = Instant::now();
+        let replies = bulk_ping(lab, &ha, ip_b)?;
+        let bulk_time = t1.elapsed();
+        let (rx1, tx1) = link_bytes(&co_ns, "eth0")?;
+        let coord_bytes = (rx1 - rx0) + (tx1 - tx0);
+        // IP + ICMP headers on top of the payload, both directions.
+        let mesh_bytes = u64::from(replies) * u64::from(PING_SIZE + 28) * 2;
+        eprintln!(
+            "[{test}] bulk: {replies}/{PING_COUNT} echo replies of {PING_SIZE} B in {bulk_time:.2?}; \
+             mesh carried ~{mesh_bytes} B, coordinator link saw {coord_bytes} B \
+             (rx {} tx {})",
+            rx1 - rx0,
+            tx1 - tx0
+        );
+        ensure!(
+            replies >= PING_COUNT * 9 / 10,
+            "only {replies} of {PING_COUNT} bulk pings answered"
+        );
+        ensure!(
+            coord_bytes * COORD_FRACTION < mesh_bytes,
+            "coordinator saw {coord_bytes} B of a {mesh_bytes} B transfer: traffic is not direct"
+        );
+        let sent_after = peer_u64(lab, &a, "bravo", "tx_bytes")?;
+        ensure!(
+            sent_after.saturating_sub(sent_before) >= u64::from(replies) * u64::from(PING_SIZE),
+            "alpha's tx_bytes for bravo grew by {} B only, {} B of pings went out",
+            sent_after.saturating_sub(sent_before),
+            u64::from(replies) * u64::from(PING_SIZE)
+        );
+
+        // The HTTP API lists both, online, and refuses requests without the admin token.
+        let (code, body) = lab.api_get(&coord, "/v1/peers", true)?;
+        ensure!(
+            code == 200,
+            "GET /v1/peers with the token: HTTP {code}: {body}"
+        );
+        let peers: Value = serde_json::from_str(&body).context("/v1/peers is not JSON")?;
+        let list = peers.as_array().context("/v1/peers is not a JSON array")?;
+        for (name, ip) in [("alpha", ip_a), ("bravo", ip_b)] {
+            let p = list
+                .iter()
+                .find(|p| p["name"].as_str() == Some(name))
+                .with_context(|| format!("/v1/peers does not list {name}: {body}"))?;
+            ensure!(
+                p["online"] == Value::Bool(true),
+                "{name} not online in /v1/peers: {p}"
+            );
+            let listed_ip = p["ip"].as_str().unwrap_or_default();
+            ensure!(
+                listed_ip.split('/').next() == Some(ip.to_string().as_str()),
+                "{name} listed with ip {listed_ip:?}, its status says {ip}"
+            );
+            for field in ["public_key", "endpoints", "last_seen"] {
+                ensure!(
+                    p.get(field).is_some(),
+                    "{name} in /v1/peers lacks {field}: {p}"
+                );
+            }
+        }
+        let (code, _) = lab.api_get(&coord, "/v1/peers", false)?;
+        ensure!(
+            code == 401,
+            "GET /v1/peers without a token answered HTTP {code}, not 401"
+        );
+        Ok(())
+    });
+}
+
+/// Checks that `node` reaches `peer` at the address its site implies: the LAN address for
+/// two nodes on one LAN, the public (router WAN or own) address otherwise.
+fn check_endpoint(lab: &mut Lab, node: &Node, peer: &str, peer_host: &Host) -> Result<()> {
+    let st = lab
+        .peer_status(node, peer)?
+        .context("peer vanished from status")?;
+    let endpoint = st
+        .endpoint
+        .context("direct path without an endpoint in status")?;
+    let ep_ip: Ipv4Addr = endpoint
+        .rsplit_once(':')
+        .map(|(ip, _)| ip.trim_matches(['[', ']']))
+        .unwrap_or(&endpoint)
+        .parse()
+        .with_context(|| format!("endpoint {endpoint:?} is not ip:port"))?;
+    let same_lan = node.host.site == peer_host.site && node.host.kind == Some(SiteKind::Lan);
+    let want = if same_lan {
+        peer_host.ip
+    } else {
+        peer_host.public_ip
+    };
+    ensure!(
+        ep_ip == want,
+        "{} reaches {peer} at {endpoint}, expected {want} ({})",
+        node.name,
+        if same_lan {
+            "its LAN address"
+        } else {
+            "its public address"
+        }
+    );
+    eprintln!(
+        "[{}] {} -> {peer}: direct via {endpoint}",
+        lab.test, node.name
+    );
+    Ok(())
+}
+
+/// A numeric field of `peer` in `node`'s status.
+fn peer_u64(lab: &mut Lab, node: &Node, peer: &str, field: &str) -> Result<u64> {
+    let v = lab.status(node)?;
+    let p = v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"].as_str() == Some(peer)))
+        .with_context(|| format!("{} does not list {peer}", node.name))?;
+    p[field]
+        .as_u64()
+        .with_context(|| format!("{field} of {peer} is not a number: {p}"))
+}
+
+/// Floods `to` with echo requests from `from`; returns how many were answered.
+fn bulk_ping(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<u32> {
+    let out = lab.exec(
+        &from.ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &PING_COUNT.to_string(),
+            "-s",
+            &PING_SIZE.to_string(),
+            "-i",
+            "0.002",
+            "-W",
+            "2",
+            "-w",
+            "20",
+            &to.to_string(),
+        ],
+        EXEC_TIMEOUT,
+    )?;
+    // "1000 packets transmitted, 998 received, ..."
+    let received = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("cannot read ping summary: {}{}", out.stdout, out.stderr))?;
+    Ok(received)
+}
