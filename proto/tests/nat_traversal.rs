@@ -326,3 +326,32 @@ fn lossy_long_run_has_no_outage() {
         assert!(changes <= 6, "seed {seed}: {changes} path changes");
     }
 }
+
+#[test]
+fn one_way_traffic_keeps_the_path() {
+    // Only a sends; b's passive keepalives must stop a from declaring the path dead.
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 24);
+    let until = s.now + 120 * SEC;
+    let mut seq = 0;
+    while s.now < until {
+        s.send_ip(0, 1, seq);
+        seq += 1;
+        let next = s.now + 100 * MS;
+        s.run_until(next);
+    }
+    assert!(s.direct(0, 1));
+    let got = s.received_from(1, 0);
+    for q in 10..1190 {
+        assert!(got.contains(&q), "lost {q}");
+    }
+    let changes = s
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::PathChanged { .. }))
+        .count();
+    assert_eq!(
+        changes, 2,
+        "one Direct per side, nothing else: {:?}",
+        s.events
+    );
+}
