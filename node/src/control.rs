@@ -21,6 +21,7 @@ use warren_proto::token::CoordinatorAddr;
 
 use crate::candidates;
 use crate::error::NodeError;
+use crate::socket::QuicInbox;
 use crate::tls;
 
 /// How long to wait for the QUIC handshake with one coordinator address, and for each reply.
@@ -44,6 +45,8 @@ pub struct Coordinator {
     /// How long to wait for the QUIC handshake with one address, and for the login replies
     /// ([`CONNECT_TIMEOUT`] outside tests).
     pub timeout: Duration,
+    /// The shared socket's QUIC inbox: told which addresses the coordinator answers from.
+    pub inbox: QuicInbox,
 }
 
 /// What the node asks for after the challenge.
@@ -129,8 +132,8 @@ async fn resolve(addrs: &[CoordinatorAddr]) -> Vec<SocketAddr> {
                 .await
                 {
                     Ok(Ok(found)) => out.extend(found),
-                    Ok(Err(e)) => tracing::warn!(%host, error = %e, "cannot resolve coordinator"),
-                    Err(_) => tracing::warn!(%host, "resolving the coordinator timed out"),
+                    Ok(Err(e)) => tracing::debug!(%host, error = %e, "cannot resolve coordinator"),
+                    Err(_) => tracing::debug!(%host, "resolving the coordinator timed out"),
                 }
             }
         }
@@ -154,6 +157,7 @@ pub async fn connect(
         .collect::<Vec<_>>()
         .join(", ");
     let targets = resolve(&coord.addrs).await;
+    coord.inbox.allow(&targets);
     if targets.is_empty() {
         return Err(NodeError::Unreachable {
             addr: shown,

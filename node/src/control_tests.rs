@@ -8,7 +8,7 @@ use warren_proto::ids::{MeshIp, NodeId};
 use warren_proto::proof;
 
 use super::*;
-use crate::socket;
+use crate::socket::{self, QuicInbox};
 use crate::testutil::server;
 
 /// What the scripted coordinator answers to Join/Login.
@@ -116,27 +116,28 @@ async fn scripted(srv: quinn::Endpoint, script: Script) -> (NodeMessage, Vec<Soc
     (request, local)
 }
 
-fn coordinator(addr: SocketAddr, fingerprint: [u8; 32]) -> Coordinator {
+fn coordinator(addr: SocketAddr, fingerprint: [u8; 32], inbox: &QuicInbox) -> Coordinator {
     Coordinator {
         addrs: vec![CoordinatorAddr::Ip(addr.ip(), addr.port())],
         fingerprint,
         timeout: Duration::from_secs(5),
+        inbox: inbox.clone(),
     }
 }
 
-fn node_endpoint() -> quinn::Endpoint {
+fn node_endpoint() -> (quinn::Endpoint, QuicInbox) {
     let io = socket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let (endpoint, tx) = socket::quic_endpoint(io.clone()).unwrap();
-    tokio::spawn(socket::pump_quic_only(io, tx));
-    endpoint
+    let (endpoint, inbox) = socket::quic_endpoint(io.clone()).unwrap();
+    tokio::spawn(socket::pump_quic_only(io, inbox.clone()));
+    (endpoint, inbox)
 }
 
 #[tokio::test]
 async fn join_then_supervise_forwards_messages() {
     let (srv, fp) = server();
-    let coord = coordinator(srv.local_addr().unwrap(), fp);
+    let (endpoint, inbox) = node_endpoint();
+    let coord = coordinator(srv.local_addr().unwrap(), fp, &inbox);
     let srv_task = tokio::spawn(scripted(srv, Script::Welcome));
-    let endpoint = node_endpoint();
     let key = PrivateKey::from_random([5; 32]);
     let cred = Credential::Join {
         secret: [3; 32],
@@ -194,9 +195,9 @@ async fn join_then_supervise_forwards_messages() {
 #[tokio::test]
 async fn rejected_invite_is_a_typed_error() {
     let (srv, fp) = server();
-    let coord = coordinator(srv.local_addr().unwrap(), fp);
+    let (endpoint, inbox) = node_endpoint();
+    let coord = coordinator(srv.local_addr().unwrap(), fp, &inbox);
     let srv_task = tokio::spawn(scripted(srv, Script::Reject(ErrorCode::InviteExpired)));
-    let endpoint = node_endpoint();
     let key = PrivateKey::from_random([6; 32]);
     let err = connect(&endpoint, &coord, &key, &Credential::Login)
         .await
@@ -219,14 +220,14 @@ async fn rejected_invite_is_a_typed_error() {
 #[tokio::test]
 async fn wrong_fingerprint_and_silent_coordinator() {
     let (srv, _) = server();
-    let coord = coordinator(srv.local_addr().unwrap(), [1; 32]);
+    let (endpoint, inbox) = node_endpoint();
+    let coord = coordinator(srv.local_addr().unwrap(), [1; 32], &inbox);
     let accept = tokio::spawn(async move {
         if let Some(inc) = srv.accept().await {
             let _ = inc.await;
         }
         srv
     });
-    let endpoint = node_endpoint();
     let key = PrivateKey::from_random([6; 32]);
     let err = connect(&endpoint, &coord, &key, &Credential::Login)
         .await
@@ -236,7 +237,7 @@ async fn wrong_fingerprint_and_silent_coordinator() {
 
     // A UDP socket that never answers: the connect times out with a clear message.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut coord = coordinator(silent.local_addr().unwrap(), [1; 32]);
+    let mut coord = coordinator(silent.local_addr().unwrap(), [1; 32], &inbox);
     coord.timeout = Duration::from_millis(300);
     let err = connect(&endpoint, &coord, &key, &Credential::Login)
         .await

@@ -23,7 +23,7 @@ use warren_proto::noise::CipherSuite;
 
 use crate::control::{ControlEvent, Welcome};
 use crate::dataio::{DataIo, GsoBatch, RecvBufs};
-use crate::socket::{forward_quic, route, QuicDatagram, Route};
+use crate::socket::{route, QuicInbox, Route};
 use crate::state::{self, SavedState};
 use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
 use crate::tunio::TunIo;
@@ -44,7 +44,7 @@ pub struct Io {
     /// The TUN device and its buffers.
     pub tun: TunIo,
     /// QUIC datagrams to quinn.
-    pub quic_tx: mpsc::Sender<QuicDatagram>,
+    pub quic: QuicInbox,
     /// Events from the control client.
     pub control_rx: mpsc::Receiver<ControlEvent>,
     /// Messages for the coordinator (dropping it stops the control client).
@@ -212,7 +212,7 @@ impl Daemon {
     /// One datagram from the shared socket; a decrypted packet is queued for TUN.
     fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
         match route(datagram) {
-            Route::Quic => forward_quic(&self.io.quic_tx, from, datagram),
+            Route::Quic => self.io.quic.forward(from, datagram),
             Route::Data => {
                 let slot = self.io.tun.slot();
                 if let Some(len) = self.engine.handle_datagram(from, datagram, slot, now) {

@@ -21,7 +21,7 @@ use warren_proto::token::InviteToken;
 use crate::control::{self, CandidateSource, Coordinator, Credential, Session};
 use crate::daemon::{Daemon, Exit, Io};
 use crate::error::NodeError;
-use crate::socket::{self, QuicDatagram};
+use crate::socket::{self, QuicInbox};
 use crate::state::{self, Pending, SavedState};
 use crate::status;
 use crate::tun;
@@ -132,18 +132,20 @@ async fn join(
     let udp = bind_socket(port)?;
     let port = udp.local_addr().context("reading the UDP port")?.port();
     let pending = Pending::create(&dir)?;
-    let (endpoint, quic_tx) = socket::quic_endpoint(udp.clone())?;
-    let pump = tokio::spawn(socket::pump_quic_only(udp.clone(), quic_tx.clone()));
+    let (endpoint, inbox) = socket::quic_endpoint(udp.clone())?;
+    let pump = tokio::spawn(socket::pump_quic_only(udp.clone(), inbox.clone()));
     let coord = Coordinator {
         addrs: token.addrs.clone(),
         fingerprint: token.fingerprint,
         timeout: control::CONNECT_TIMEOUT,
+        inbox: inbox.clone(),
     };
     let cred = Credential::Join {
         secret: token.secret,
         name,
     };
-    tracing::info!(coordinator = %coord.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "joining");
+    // Until the Welcome nothing is logged above debug: a failed join prints exactly one line.
+    tracing::debug!(coordinator = %coord.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "joining");
     // Ctrl-C while waiting must still run `pending`'s cleanup, so it is awaited here.
     let session = tokio::select! {
         res = control::connect(&endpoint, &coord, pending.key(), &cred) => res?,
@@ -173,7 +175,7 @@ async fn join(
         udp,
         dev,
         endpoint,
-        quic_tx,
+        inbox,
         coord,
         Some(session),
     )
@@ -185,15 +187,18 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
     let (key, saved) = state::load(&dir)?;
     // Refuse early if a daemon already serves this directory (before touching TUN or the port).
     drop(status::bind(&dir)?);
-    let coord = Coordinator {
-        addrs: saved.coordinator_addrs()?,
-        fingerprint: saved.fingerprint_bytes()?,
-        timeout: control::CONNECT_TIMEOUT,
-    };
+    let addrs = saved.coordinator_addrs()?;
+    let fingerprint = saved.fingerprint_bytes()?;
     let dev = tun::create(&saved.tun)?;
     let udp = bind_socket(saved.port)?;
-    let (endpoint, quic_tx) = socket::quic_endpoint(udp.clone())?;
-    run_daemon(&dir, key, saved, udp, dev, endpoint, quic_tx, coord, None).await
+    let (endpoint, inbox) = socket::quic_endpoint(udp.clone())?;
+    let coord = Coordinator {
+        addrs,
+        fingerprint,
+        timeout: control::CONNECT_TIMEOUT,
+        inbox: inbox.clone(),
+    };
+    run_daemon(&dir, key, saved, udp, dev, endpoint, inbox, coord, None).await
 }
 
 /// Configures TUN, starts the status server and the control client, and runs the engine loop
@@ -206,7 +211,7 @@ async fn run_daemon(
     udp: Arc<UdpSocket>,
     dev: AsyncDevice,
     endpoint: quinn::Endpoint,
-    quic_tx: mpsc::Sender<QuicDatagram>,
+    quic: QuicInbox,
     coord: Coordinator,
     first: Option<Session>,
 ) -> anyhow::Result<()> {
@@ -233,7 +238,7 @@ async fn run_daemon(
     let io = Io {
         udp,
         tun: TunIo::new(dev),
-        quic_tx,
+        quic,
         control_rx,
         outbox,
         status_rx,

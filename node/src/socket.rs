@@ -5,14 +5,16 @@
 //! NAT mapping of the socket that carries data. So there is exactly one socket. The data-plane
 //! task owns its receive side and demultiplexes by first byte: QUIC v1 packets have the fixed bit
 //! 0x40 set (greasing is off, RFC 9287), Warren's own packet types stay below 0x40. QUIC
-//! datagrams go to quinn through a channel and [`QuicSocket`]; quinn sends directly on the shared
-//! socket.
+//! datagrams go to quinn through a [`QuicInbox`] and [`QuicSocket`]; quinn sends directly on the
+//! shared socket. The node's QUIC endpoint is only ever a client of the coordinator, so the inbox
+//! admits QUIC datagrams from the coordinator's addresses only: nobody else can make quinn answer
+//! (e.g. with a stateless reset) on the data port.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
@@ -95,22 +97,52 @@ fn grow_buffers(sock: &socket2::Socket) {
     }
 }
 
-/// Hands a QUIC datagram to quinn without waiting; drops it if quinn is behind (QUIC resends).
-pub fn forward_quic(tx: &mpsc::Sender<QuicDatagram>, from: SocketAddr, datagram: &[u8]) {
-    if tx.try_send((from, datagram.to_vec())).is_err() {
-        tracing::debug!(%from, "QUIC queue full or closed, datagram dropped");
+/// The way from the demultiplexer into quinn, admitting only the coordinator's addresses.
+#[derive(Clone, Debug)]
+pub struct QuicInbox {
+    /// Queue read by [`QuicSocket::poll_recv`].
+    tx: mpsc::Sender<QuicDatagram>,
+    /// Addresses QUIC datagrams are accepted from (the coordinator's, set before connecting).
+    allowed: Arc<RwLock<Vec<SocketAddr>>>,
+}
+
+impl QuicInbox {
+    /// Replaces the addresses QUIC datagrams are accepted from.
+    pub fn allow(&self, addrs: &[SocketAddr]) {
+        let mut allowed = match self.allowed.write() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        allowed.clear();
+        allowed.extend_from_slice(addrs);
+    }
+
+    /// Hands a QUIC datagram to quinn without waiting; drops it if it is not from the
+    /// coordinator or if quinn is behind (QUIC resends).
+    pub fn forward(&self, from: SocketAddr, datagram: &[u8]) {
+        let admitted = match self.allowed.read() {
+            Ok(a) => a.contains(&from),
+            Err(poisoned) => poisoned.into_inner().contains(&from),
+        };
+        if !admitted {
+            tracing::debug!(%from, "QUIC datagram from a stranger dropped");
+            return;
+        }
+        if self.tx.try_send((from, datagram.to_vec())).is_err() {
+            tracing::debug!(%from, "QUIC queue full or closed, datagram dropped");
+        }
     }
 }
 
 /// Before the engine exists (during `join`'s handshake), reads the socket and forwards only QUIC
 /// datagrams; anything else is dropped. Runs until aborted.
-pub async fn pump_quic_only(io: Arc<UdpSocket>, tx: mpsc::Sender<QuicDatagram>) {
+pub async fn pump_quic_only(io: Arc<UdpSocket>, inbox: QuicInbox) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         match io.recv_from(&mut buf).await {
             Ok((n, from)) => {
                 if route(&buf[..n]) == Route::Quic {
-                    forward_quic(&tx, from, &buf[..n]);
+                    inbox.forward(from, &buf[..n]);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
@@ -128,15 +160,20 @@ pub struct QuicSocket {
 }
 
 impl QuicSocket {
-    /// Wraps the shared socket; returns the wrapper and the sender the demultiplexer uses.
-    pub fn new(io: Arc<UdpSocket>) -> (Self, mpsc::Sender<QuicDatagram>) {
+    /// Wraps the shared socket; returns the wrapper and the inbox the demultiplexer uses
+    /// (admitting nobody until [`QuicInbox::allow`]).
+    pub fn new(io: Arc<UdpSocket>) -> (Self, QuicInbox) {
         let (tx, rx) = mpsc::channel(QUIC_QUEUE);
+        let inbox = QuicInbox {
+            tx,
+            allowed: Arc::default(),
+        };
         (
             Self {
                 io,
                 rx: Mutex::new(rx),
             },
-            tx,
+            inbox,
         )
     }
 }
@@ -250,10 +287,8 @@ impl UdpPoller for WritablePoller {
 
 /// Builds a QUIC client endpoint on the shared socket, with QUIC bit greasing off so every QUIC
 /// packet keeps the 0x40 bit the demultiplexer relies on.
-pub fn quic_endpoint(
-    io: Arc<UdpSocket>,
-) -> anyhow::Result<(quinn::Endpoint, mpsc::Sender<QuicDatagram>)> {
-    let (sock, tx) = QuicSocket::new(io);
+pub fn quic_endpoint(io: Arc<UdpSocket>) -> anyhow::Result<(quinn::Endpoint, QuicInbox)> {
+    let (sock, inbox) = QuicSocket::new(io);
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -263,7 +298,7 @@ pub fn quic_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
     .context("creating the QUIC endpoint")?;
-    Ok((endpoint, tx))
+    Ok((endpoint, inbox))
 }
 
 #[cfg(test)]
@@ -286,12 +321,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn inbox_admits_only_the_coordinator() {
+        let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (sock, inbox) = QuicSocket::new(io);
+        let coordinator: SocketAddr = "192.0.2.1:7443".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.9:7443".parse().unwrap();
+        inbox.forward(coordinator, &[0xc0, 1]);
+        inbox.allow(&[coordinator]);
+        inbox.forward(stranger, &[0xc0, 2]);
+        inbox.forward(coordinator, &[0xc0, 3]);
+        let mut rx = sock.rx.lock().unwrap();
+        assert_eq!(rx.try_recv().unwrap(), (coordinator, vec![0xc0, 3]));
+        assert!(rx.try_recv().is_err(), "nothing else was admitted");
+    }
+
+    #[tokio::test]
     async fn quic_runs_over_the_shared_socket_beside_data() {
         let (srv, fp) = server();
         let srv_addr = srv.local_addr().unwrap();
         let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let local = io.local_addr().unwrap();
-        let (endpoint, quic_tx) = quic_endpoint(io.clone()).unwrap();
+        let (endpoint, inbox) = quic_endpoint(io.clone()).unwrap();
+        inbox.allow(&[srv_addr]);
         // A demultiplexer like the daemon's: QUIC to quinn, the rest counted as data.
         let (data_tx, mut data_rx) = mpsc::channel::<Vec<u8>>(8);
         let demux_io = io.clone();
@@ -300,7 +351,7 @@ mod tests {
             loop {
                 let (n, from) = demux_io.recv_from(&mut buf).await.unwrap();
                 match route(&buf[..n]) {
-                    Route::Quic => forward_quic(&quic_tx, from, &buf[..n]),
+                    Route::Quic => inbox.forward(from, &buf[..n]),
                     Route::Data => data_tx.send(buf[..n].to_vec()).await.unwrap(),
                     Route::Drop => {}
                 }
@@ -355,8 +406,9 @@ mod tests {
         let (srv, _) = server();
         let srv_addr = srv.local_addr().unwrap();
         let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let (endpoint, quic_tx) = quic_endpoint(io.clone()).unwrap();
-        let pump = tokio::spawn(pump_quic_only(io, quic_tx));
+        let (endpoint, inbox) = quic_endpoint(io.clone()).unwrap();
+        inbox.allow(&[srv_addr]);
+        let pump = tokio::spawn(pump_quic_only(io, inbox));
         let accept = tokio::spawn(async move {
             if let Some(inc) = srv.accept().await {
                 let _ = inc.await;

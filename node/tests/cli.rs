@@ -28,6 +28,7 @@ fn warren(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_remove("WARREN_STATE_DIR")
+        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }
@@ -35,9 +36,10 @@ fn warren(args: &[&str]) -> Output {
 /// Asserts a one-line `error: ...` containing `needle` and exit status 1.
 fn assert_fails(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert_eq!(lines.len(), 1, "stderr: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
     assert!(lines[0].contains(needle), "wanted {needle:?} in {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
