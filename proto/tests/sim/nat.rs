@@ -81,13 +81,11 @@ impl Nat {
             .filter(|(_, v)| v.0 == inside)
             .map(|(&p, _)| p)
             .collect();
+        // The old ports stay taken (by nobody reachable), so the new mapping must differ:
+        // port preservation fails as after a real NAT reboot with lingering state.
         for p in ports {
-            self.reverse.remove(&p);
+            self.reverse
+                .insert(p, (SocketAddr::from(([0, 0, 0, 0], 0)), HashSet::new()));
         }
-        // Occupy the old port so that the new mapping must differ (port-preservation fails).
-        self.reverse.insert(
-            inside.port(),
-            (SocketAddr::from(([0, 0, 0, 0], 0)), HashSet::new()),
-        );
     }
 }
