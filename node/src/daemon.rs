@@ -1,11 +1,12 @@
 //! The daemon loop (IO shell layer): one task owns the sans-IO [`Engine`] and feeds it.
 //!
-//! Inputs, in one `tokio::select!`: datagrams from the shared UDP socket (QUIC ones are passed to
-//! quinn, the rest go to the engine), IP packets from TUN, coordinator messages from the control
+//! Inputs, in one `tokio::select!`: batches of datagrams from the shared UDP socket (`recvmmsg` +
+//! GRO, see `dataio`; QUIC ones are passed to quinn, the rest go to the engine), IP packets from
+//! TUN (split from offloaded super-packets, see `tunio`), coordinator messages from the control
 //! client, the engine's timer, status requests and shutdown. After each input the engine's
-//! output is drained: datagrams to the socket, events to the control client, decrypted packets
-//! (written by the engine into a reused buffer) to TUN. Buffers are allocated once; the shell
-//! adds no per-packet allocation on the data path.
+//! output is drained: datagrams to the socket as GSO runs, events to the control client, and
+//! decrypted packets (written by the engine into a reused buffer) to TUN in coalesced batches.
+//! Buffers are allocated once; the shell adds no per-packet allocation on the data path.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -240,7 +240,7 @@ pub fn render(r: &StatusReport) -> String {
         out.push_str("no peers\n");
         return out;
     }
-    let rows: Vec<[String; 8]> = r
+    let rows: Vec<[String; 9]> = r
         .peers
         .iter()
         .map(|p| {
@@ -252,6 +252,8 @@ pub fn render(r: &StatusReport) -> String {
                 p.rtt_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
                 bytes(p.rx_bytes),
                 bytes(p.tx_bytes),
+                p.last_handshake_s
+                    .map_or("-".into(), |s| format!("{s}s ago")),
                 if p.online { "yes" } else { "no" }.into(),
             ]
         })

@@ -78,6 +78,10 @@ fn json_has_the_documented_shape() {
     assert_eq!(keys.len(), 9, "{keys:?}");
     let table = render(&report());
     assert!(table.contains("peer2") && table.contains("direct") && table.contains("1.2 ms"));
+    assert!(
+        table.contains("5s ago") && table.contains("HANDSHAKE"),
+        "{table}"
+    );
     assert!(table.lines().count() == 4, "{table}");
 }
 

@@ -224,6 +224,11 @@ fn two_daemons(offload: bool) {
     let sa = na.status();
     let sb = nb.status();
     eprintln!("a: {sa}\nb: {sb}");
+    let table = Command::new(BIN)
+        .args(["status", "--state-dir", na.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&table.stdout));
     assert!(ok, "node-a never reached node-b through the tunnel");
     assert!(nb.ping("100.77.0.1"), "and back");
     let peer = &sa["peers"][0];
