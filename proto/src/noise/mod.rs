@@ -72,22 +72,18 @@ impl CipherSuite {
         }
     }
 
-    fn params(self) -> NoiseParams {
-        let cipher = match self {
-            CipherSuite::ChaChaPoly => CipherChoice::ChaChaPoly,
-            CipherSuite::AesGcm => CipherChoice::AESGCM,
-        };
-        let name = match self {
+    /// The Noise protocol name of this suite.
+    pub fn noise_name(self) -> &'static str {
+        match self {
             CipherSuite::ChaChaPoly => "Noise_IK_25519_ChaChaPoly_SHA256",
             CipherSuite::AesGcm => "Noise_IK_25519_AESGCM_SHA256",
-        };
-        let mut p: NoiseParams = name
+        }
+    }
+
+    fn params(self) -> NoiseParams {
+        self.noise_name()
             .parse()
-            .expect("static Noise parameter string is valid");
-        debug_assert!(p.cipher == cipher && p.hash == HashChoice::SHA256);
-        debug_assert!(p.dh == DHChoice::Curve25519);
-        p.cipher = cipher;
-        p
+            .expect("static Noise parameter strings are valid")
     }
 }
 
