@@ -259,7 +259,15 @@ pub fn render(r: &StatusReport) -> String {
         })
         .collect();
     let header = [
-        "NAME", "IP", "PATH", "ENDPOINT", "RTT", "RX", "TX", "ONLINE",
+        "NAME",
+        "IP",
+        "PATH",
+        "ENDPOINT",
+        "RTT",
+        "RX",
+        "TX",
+        "HANDSHAKE",
+        "ONLINE",
     ];
     let mut widths = header.map(str::len);
     for row in &rows {
