@@ -193,8 +193,13 @@ async fn answer(
 /// Asks the daemon serving `dir` for its status (blocking; used by the CLI).
 pub fn query(dir: &Path) -> anyhow::Result<StatusReport> {
     let path = socket_path(dir);
-    let mut stream =
-        StdUnixStream::connect(&path).map_err(|_| NodeError::NoDaemon(dir.to_path_buf()))?;
+    let mut stream = StdUnixStream::connect(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "cannot open {}: permission denied (run as root)",
+            path.display()
+        ),
+        _ => NodeError::NoDaemon(dir.to_path_buf()).into(),
+    })?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream
@@ -258,7 +263,7 @@ pub fn render(r: &StatusReport) -> String {
             ]
         })
         .collect();
-    let header = [
+    let header: [&str; 9] = [
         "NAME",
         "IP",
         "PATH",
