@@ -355,3 +355,25 @@ fn one_way_traffic_keeps_the_path() {
         s.events
     );
 }
+
+#[test]
+fn network_change_recovers_quickly() {
+    let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 25);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    let inside = s.nodes[0].local;
+    s.nats[0].rebind(inside);
+    let now = s.now;
+    s.nodes[0].engine.network_changed(now);
+    s.nodes[0].tun_rx.clear();
+    s.nodes[1].tun_rx.clear();
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    // Within a second both directions flow again (without the hint: path death after 15 s).
+    for (rx, tx) in [(1, 0), (0, 1)] {
+        let got = s.received_from(rx, tx);
+        for q in 10..29 {
+            assert!(got.contains(&q), "{tx}->{rx} lost {q}");
+        }
+    }
+    assert!(s.direct(0, 1));
+}

@@ -373,6 +373,24 @@ impl Engine {
         None
     }
 
+    /// The shell noticed that this node's own network changed (new local address, interface
+    /// up/down, re-registration showed a new reflexive address): re-confirm every path now
+    /// instead of waiting for it to time out. Sends an authenticated keepalive (so peers roam to
+    /// the new address when their NAT lets it in), asks the coordinator to make each such peer
+    /// punch, and starts a probing round.
+    pub fn network_changed(&mut self, now: Instant) {
+        for peer in self.peers.values_mut() {
+            if peer.endpoint.is_none() && !peer.has_demand(now) {
+                continue;
+            }
+            peer.send_transport(&[], &mut self.shared, now);
+            // The rate limit is for repeated demand, not for this one-off hint.
+            peer.last_punch_request = None;
+            peer.request_punch(&mut self.shared, now);
+            peer.start_round(&mut self.shared, now);
+        }
+    }
+
     /// The deadline from [`Engine::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         for peer in self.peers.values_mut() {
