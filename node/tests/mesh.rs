@@ -50,9 +50,19 @@ struct Node {
 
 impl Node {
     fn join(ns: &str, token: &str, dir: &Path, name: &str, offload: bool) -> Self {
+        let args = ["join", token, "--tun", "warren0", "--name", name];
+        Self::spawn(ns, &args, dir, name, offload)
+    }
+
+    fn up(ns: &str, dir: &Path, name: &str, offload: bool) -> Self {
+        Self::spawn(ns, &["up"], dir, name, offload)
+    }
+
+    fn spawn(ns: &str, args: &[&str], dir: &Path, name: &str, offload: bool) -> Self {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, BIN, "join", token, "--tun", "warren0"])
-            .args(["--name", name, "--state-dir", dir.to_str().unwrap()])
+            .args(["netns", "exec", ns, BIN])
+            .args(args)
+            .args(["--state-dir", dir.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .env("WARREN_TUN_OFFLOAD", if offload { "1" } else { "0" })
             .stdout(Stdio::null())
@@ -240,6 +250,24 @@ fn two_daemons(offload: bool) {
     if std::env::var_os("WARREN_PERF").is_some() {
         iperf(&na, &nb);
     }
+
+    // The coordinator goes away and node-a restarts: the cached peer list brings the tunnel
+    // back without it (DESIGN.md section 6).
+    fake.shutdown();
+    assert_eq!(na.stop(), Some(0));
+    let mut na = Node::up(&a, &root.join("a"), "node-a", offload);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut back = false;
+    while Instant::now() < deadline {
+        if na.ping("100.77.0.2") {
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sa = na.status();
+    assert!(back, "no tunnel after a restart without coordinator: {sa}");
+    assert_eq!(sa["self"]["coordinator"], "disconnected");
     assert_eq!(na.stop(), Some(0));
     assert_eq!(nb.stop(), Some(0));
 }

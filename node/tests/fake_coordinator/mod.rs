@@ -82,9 +82,16 @@ pub struct Fake {
     pub fingerprint: [u8; 32],
     /// Its state.
     pub registry: Arc<Mutex<Registry>>,
+    /// Its QUIC endpoint.
+    endpoint: quinn::Endpoint,
 }
 
 impl Fake {
+    /// Takes the coordinator down for good: connections close, new ones are refused.
+    pub fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"down");
+    }
+
     /// Closes every node connection, as a coordinator restart would.
     pub fn kick_all(&self) {
         for c in self.registry.lock().unwrap().conns.drain(..) {
@@ -149,6 +156,7 @@ pub fn start(rt: &tokio::runtime::Runtime, bind: SocketAddr, static_peer: bool) 
         addr: ep.local_addr().unwrap(),
         fingerprint,
         registry: registry.clone(),
+        endpoint: ep.clone(),
     };
     rt.spawn(async move {
         while let Some(inc) = ep.accept().await {
