@@ -205,7 +205,8 @@ fn nat_rebinding_behind_filtering_nat_repunches() {
     let old = s.status(1, 0).endpoint.unwrap();
     let inside = s.nodes[0].local;
     s.nats[0].rebind(inside);
-    s.traffic_both_ways(0, 1, 100 * MS, 40 * SEC);
+    // Path death after 15 s, then an immediate punch: well under 20 s.
+    s.traffic_both_ways(0, 1, 100 * MS, 20 * SEC);
     s.nodes[1].tun_rx.clear();
     s.nodes[0].tun_rx.clear();
     s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);

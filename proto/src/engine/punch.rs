@@ -229,6 +229,8 @@ impl Peer {
         self.awaiting_reply_since = None;
         self.keepalive_owed_since = None;
         self.clear_sessions(shared);
+        // Deaths are at least PATH_DEAD_TIMEOUT apart: always tell the peer to punch back.
+        self.last_punch_request = None;
         self.request_punch(shared, now);
         self.start_round(shared, now);
     }
