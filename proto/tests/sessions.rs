@@ -291,3 +291,28 @@ fn simultaneous_initiation_settles() {
         assert_eq!((d.unknown_index, d.decrypt_failed), (0, 0), "{d:?}");
     }
 }
+
+#[test]
+fn peer_key_change_drops_old_sessions_and_reconnects() {
+    use warren_proto::ids::PrivateKey;
+    let mut s = pair(Some(NatKind::Eim), None, 26);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    // b is reinstalled with a new key; the coordinator tells a.
+    s.nodes[1].key = PrivateKey::from_random([99; 32]);
+    s.restart(1);
+    let rec = s.record(1);
+    let now = s.now;
+    s.nodes[0].engine.upsert_peer(&rec, now);
+    assert_eq!(
+        s.status(0, 1).path,
+        PathKind::Connecting,
+        "old keys must go"
+    );
+    s.nodes[0].tun_rx.clear();
+    s.nodes[1].tun_rx.clear();
+    s.traffic_both_ways(0, 1, 100 * MS, 5 * SEC);
+    assert!(s.direct(0, 1), "{:?}", s.status(0, 1));
+    assert!(s.received_from(1, 0).len() > 30);
+    assert!(s.received_from(0, 1).len() > 30);
+}
