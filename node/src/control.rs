@@ -4,7 +4,8 @@
 //!
 //! [`connect`] performs Hello → Challenge → Join/Login → Welcome (or a typed [`NodeError`]).
 //! [`supervise`] then keeps a session alive for the daemon: it forwards coordinator messages as
-//! [`ControlEvent`]s, sends the daemon's [`NodeMessage`]s, reports local candidates, and on a drop
+//! [`ControlEvent`]s, sends the daemon's [`NodeMessage`]s, reports local candidates at the start
+//! of each session, and on a drop
 //! reconnects with `Login` and exponential backoff while the data plane keeps running. It stops
 //! when the daemon drops its sender.
 
@@ -13,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout};
 use warren_proto::control::{self, CoordMessage, NodeMessage, PeerRecord, CONTROL_VERSION};
 use warren_proto::ids::{MeshNetwork, PrivateKey};
 use warren_proto::proof::{prove, EXPORTER_LABEL};
@@ -32,8 +33,6 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(60);
-/// How often local interface addresses are re-read; changes are sent as fresh Candidates.
-const CANDIDATE_REFRESH: Duration = Duration::from_secs(20);
 
 /// How to find and trust the coordinator.
 #[derive(Clone, Debug)]
@@ -113,7 +112,7 @@ pub struct CandidateSource {
 
 impl CandidateSource {
     /// Reads the current local candidates.
-    fn read(&self) -> Vec<SocketAddr> {
+    pub fn read(&self) -> Vec<SocketAddr> {
         candidates::local_candidates(&self.tun, self.network, self.port)
     }
 }
@@ -321,33 +320,16 @@ async fn serve(
         }
     };
     let writer = async {
-        let mut sent = source.read();
-        write_frame(
-            &mut send,
-            &NodeMessage::Candidates {
-                local: sent.clone(),
-            },
-        )
-        .await?;
-        let mut refresh =
-            tokio::time::interval_at(Instant::now() + CANDIDATE_REFRESH, CANDIDATE_REFRESH);
+        // Each session starts with the current local addresses; later changes come from the
+        // daemon (which also tells the engine) through the outbox.
+        let local = source.read();
+        write_frame(&mut send, &NodeMessage::Candidates { local }).await?;
         loop {
-            tokio::select! {
-                out = outbox.recv() => match out {
-                    Some(msg) => write_frame(&mut send, &msg).await?,
-                    None => {
-                        conn.close(0u32.into(), b"shutdown");
-                        return Ok(());
-                    }
-                },
-                _ = refresh.tick() => {
-                    let now = source.read();
-                    if now != sent {
-                        tracing::info!(candidates = ?now, "local addresses changed");
-                        write_frame(&mut send, &NodeMessage::Candidates { local: now.clone() })
-                            .await?;
-                        sent = now;
-                    }
+            match outbox.recv().await {
+                Some(msg) => write_frame(&mut send, &msg).await?,
+                None => {
+                    conn.close(0u32.into(), b"shutdown");
+                    return Ok(());
                 }
             }
         }

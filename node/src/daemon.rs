@@ -22,7 +22,7 @@ use warren_proto::engine::{Engine, EngineConfig, Event};
 use warren_proto::ids::{NodeId, PrivateKey};
 use warren_proto::noise::CipherSuite;
 
-use crate::control::{ControlEvent, Welcome};
+use crate::control::{CandidateSource, ControlEvent, Welcome};
 use crate::dataio::{DataIo, GsoBatch, RecvBufs};
 use crate::socket::{route, QuicInbox, Route};
 use crate::state::{self, SavedState};
@@ -34,6 +34,9 @@ use crate::tunio::TunIo;
 const TUN_BATCH: usize = 128;
 /// Sleep used when the engine has no deadline.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
+/// How often local interface addresses are re-read; a change is sent to the coordinator as fresh
+/// Candidates and makes the engine re-confirm its paths.
+const CANDIDATE_REFRESH: Duration = Duration::from_secs(10);
 /// Consecutive TUN read errors after which the interface is considered gone (deleted by hand,
 /// driver failure) and the daemon stops instead of spinning.
 const TUN_ERROR_LIMIT: u32 = 64;
@@ -68,8 +71,12 @@ pub struct Daemon {
     dir: PathBuf,
     /// Batched reads and GSO sends on the shared socket.
     data: DataIo,
-    /// The GSO run being assembled by [`Daemon::flush`].
+    /// The GSO run being assembled (fast-path seals and [`Daemon::flush`]).
     batch: GsoBatch,
+    /// Where local candidates come from.
+    source: CandidateSource,
+    /// The local candidates last seen.
+    local: Vec<SocketAddr>,
 }
 
 /// Why the daemon loop ended.
@@ -105,7 +112,13 @@ pub fn new_engine(node_id: NodeId, key: PrivateKey) -> Engine {
 impl Daemon {
     /// A daemon for the node described by `state`, starting from the cached peer list so that
     /// tunnels come back even while the coordinator is unreachable.
-    pub fn new(dir: &Path, state: &SavedState, key: PrivateKey, io: Io) -> std::io::Result<Self> {
+    pub fn new(
+        dir: &Path,
+        state: &SavedState,
+        key: PrivateKey,
+        io: Io,
+        source: CandidateSource,
+    ) -> std::io::Result<Self> {
         let me = SelfStatus {
             name: state.name.clone(),
             ip: state.mesh_ip,
@@ -127,6 +140,8 @@ impl Daemon {
             engine,
             data: DataIo::new(io.udp.clone())?,
             batch: GsoBatch::default(),
+            local: source.read(),
+            source,
             io,
             peers: cached.into_iter().map(|p| (p.node_id, p)).collect(),
             me,
@@ -151,6 +166,8 @@ impl Daemon {
         let timer = tokio::time::sleep(IDLE_WAKE);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let mut refresh = tokio::time::interval(CANDIDATE_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .engine
@@ -175,13 +192,13 @@ impl Daemon {
                         tun_errors = 0;
                         let now = Instant::now();
                         for i in 0..n {
-                            self.engine.handle_tun_packet(self.io.tun.packet(i), now);
+                            self.on_tun_packet(i, now).await;
                         }
                         let mut total = n;
                         while total < TUN_BATCH {
                             let Ok(n) = self.io.tun.try_recv() else { break };
                             for i in 0..n {
-                                self.engine.handle_tun_packet(self.io.tun.packet(i), now);
+                                self.on_tun_packet(i, now).await;
                             }
                             total += n.max(1);
                         }
@@ -205,9 +222,42 @@ impl Daemon {
                     armed = None;
                     self.engine.handle_timeout(Instant::now());
                 }
+                _ = refresh.tick() => self.check_local_addresses(),
             }
             self.flush().await;
         }
+    }
+
+    /// TUN packet `i` of the last read: sealed straight into the GSO run when its peer has a
+    /// session and a path (the engine's allocation-free fast path), else queued by the engine.
+    async fn on_tun_packet(&mut self, i: usize, now: Instant) {
+        let packet = self.io.tun.packet(i);
+        let Some((dst, len)) = self.engine.encapsulate(packet, self.batch.tail(), now) else {
+            return;
+        };
+        if !self.batch.push_tail(dst, len, self.data.max_segments()) {
+            if let Err(e) = self.data.send(&self.batch).await {
+                tracing::debug!(error = %e, "UDP send failed");
+            }
+            self.batch.restart_with_tail(dst, len);
+        }
+    }
+
+    /// Re-reads the local addresses; on a change tells the coordinator and the engine.
+    fn check_local_addresses(&mut self) {
+        let now = self.source.read();
+        if now == self.local {
+            return;
+        }
+        tracing::info!(candidates = ?now, "local addresses changed");
+        self.local = now;
+        let msg = NodeMessage::Candidates {
+            local: self.local.clone(),
+        };
+        if self.io.outbox.try_send(msg).is_err() {
+            tracing::debug!("control client busy; candidates go with the next login");
+        }
+        self.engine.network_changed(Instant::now());
     }
 
     /// One datagram from the shared socket; a decrypted packet is queued for TUN.
@@ -280,7 +330,9 @@ impl Daemon {
     /// A fresh session's full peer list.
     fn on_welcome(&mut self, w: Welcome, now: Instant) {
         self.me.coordinator = Link::Connected;
-        self.me.reflexive = Some(w.reflexive.to_string());
+        let reflexive = Some(w.reflexive.to_string());
+        let moved = self.me.reflexive.is_some() && self.me.reflexive != reflexive;
+        self.me.reflexive = reflexive;
         if w.node.mesh_ip != self.me.ip {
             tracing::warn!(saved = %self.me.ip, assigned = %w.node.mesh_ip,
                 "coordinator reports a different mesh address than the saved one");
@@ -292,6 +344,10 @@ impl Daemon {
             .filter(|p| p.node_id != self.me.node_id)
             .collect();
         self.engine.set_peers(&others, now);
+        if moved {
+            tracing::info!(reflexive = %w.reflexive, "this node's public address changed");
+            self.engine.network_changed(now);
+        }
         self.peers = others.into_iter().map(|p| (p.node_id, p)).collect();
         self.save_peers();
         tracing::info!(peers = self.peers.len(), reflexive = %w.reflexive, "peer list received");
@@ -317,8 +373,12 @@ impl Daemon {
                 self.engine.handle_punch(peer, &candidates, now);
             }
             CoordMessage::Reflexive { addr } => {
-                tracing::info!(%addr, "reflexive address changed");
-                self.me.reflexive = Some(addr.to_string());
+                let addr = Some(addr.to_string());
+                if self.me.reflexive != addr {
+                    tracing::info!(reflexive = ?addr, "this node's public address changed");
+                    self.me.reflexive = addr;
+                    self.engine.network_changed(now);
+                }
             }
             other => tracing::debug!(?other, "ignored coordinator message"),
         }

@@ -103,7 +103,7 @@ impl DataIo {
         let transmit = Transmit {
             destination: dst,
             ecn: None,
-            contents: &batch.buf,
+            contents: batch.contents(),
             segment_size: (batch.count > 1).then_some(batch.segment),
             src_ip: None,
         };
@@ -116,7 +116,8 @@ impl DataIo {
 }
 
 /// A run of datagrams to one destination that can go out as one GSO send: all the same size
-/// except possibly a shorter last one.
+/// except possibly a shorter last one. The next datagram can be written in place behind the run
+/// ([`GsoBatch::tail`], e.g. sealed there by the engine) and then added without a copy.
 #[derive(Debug)]
 pub struct GsoBatch {
     /// Destination of the run (`None` when empty).
@@ -127,8 +128,10 @@ pub struct GsoBatch {
     count: usize,
     /// A shorter datagram ended the run.
     closed: bool,
-    /// The datagrams back to back (capacity [`MAX_GSO_BYTES`], reused).
+    /// The run (`..used`) followed by room for one more datagram; never reallocated.
     buf: Vec<u8>,
+    /// Bytes of the run.
+    used: usize,
 }
 
 impl Default for GsoBatch {
@@ -138,7 +141,8 @@ impl Default for GsoBatch {
             segment: 0,
             count: 0,
             closed: false,
-            buf: Vec::with_capacity(MAX_GSO_BYTES),
+            buf: vec![0u8; MAX_GSO_BYTES + MAX_DATAGRAM],
+            used: 0,
         }
     }
 }
@@ -149,30 +153,59 @@ impl GsoBatch {
         self.count == 0
     }
 
-    /// Appends `payload` if it extends the run; `false` means: send the batch, clear it, retry.
-    pub fn push(&mut self, dst: SocketAddr, payload: &[u8], max_segments: usize) -> bool {
-        if payload.is_empty() {
+    /// The bytes of the run.
+    fn contents(&self) -> &[u8] {
+        &self.buf[..self.used]
+    }
+
+    /// Room behind the run for the next datagram (at least [`MAX_DATAGRAM`] bytes).
+    pub fn tail(&mut self) -> &mut [u8] {
+        &mut self.buf[self.used..]
+    }
+
+    /// Adds the `len` bytes just written at [`GsoBatch::tail`] to the run. `false`: they do not
+    /// extend it; send the run, then call [`GsoBatch::restart_with_tail`].
+    pub fn push_tail(&mut self, dst: SocketAddr, len: usize, max_segments: usize) -> bool {
+        if len == 0 {
             return true;
         }
         if self.count == 0 {
             self.dst = Some(dst);
-            self.segment = payload.len();
+            self.segment = len;
             self.count = 1;
-            self.buf.extend_from_slice(payload);
+            self.used = len;
             return true;
         }
         let fits = self.dst == Some(dst)
             && !self.closed
             && self.count < max_segments
-            && payload.len() <= self.segment
-            && self.buf.len() + payload.len() <= MAX_GSO_BYTES;
+            && len <= self.segment
+            && self.used + len <= MAX_GSO_BYTES;
         if !fits {
             return false;
         }
-        self.closed = payload.len() < self.segment;
+        self.closed = len < self.segment;
         self.count += 1;
-        self.buf.extend_from_slice(payload);
+        self.used += len;
         true
+    }
+
+    /// After the run was sent: starts a new run with the `len` bytes at the old tail.
+    pub fn restart_with_tail(&mut self, dst: SocketAddr, len: usize) {
+        let start = self.used;
+        self.buf.copy_within(start..start + len, 0);
+        self.clear();
+        self.push_tail(dst, len, 1);
+    }
+
+    /// Appends a datagram by copying it (for the engine's queued transmits).
+    /// `false`: send the run, clear it, and push again.
+    pub fn push(&mut self, dst: SocketAddr, payload: &[u8], max_segments: usize) -> bool {
+        let Some(room) = self.tail().get_mut(..payload.len()) else {
+            return false;
+        };
+        room.copy_from_slice(payload);
+        self.push_tail(dst, payload.len(), max_segments)
     }
 
     /// Empties the batch, keeping its buffer.
@@ -181,7 +214,7 @@ impl GsoBatch {
         self.segment = 0;
         self.count = 0;
         self.closed = false;
-        self.buf.clear();
+        self.used = 0;
     }
 }
 
@@ -204,7 +237,8 @@ mod tests {
         assert!(!b.push(addr(1), &[3; 101], 64), "larger datagram");
         assert!(b.push(addr(1), &[4; 40], 64), "shorter last one");
         assert!(!b.push(addr(1), &[5; 40], 64), "run closed");
-        assert_eq!((b.count, b.segment, b.buf.len()), (3, 100, 240));
+        assert_eq!((b.count, b.segment, b.contents().len()), (3, 100, 240));
+        assert_eq!(&b.contents()[200..], &[4; 40][..]);
         b.clear();
         assert!(b.is_empty());
         assert!(b.push(addr(1), &[1; 10], 2));
@@ -213,6 +247,18 @@ mod tests {
         b.clear();
         assert!(b.push(addr(1), &[0; 60_000], 64));
         assert!(!b.push(addr(1), &[0; 6_000], 64), "byte limit");
+
+        // Written in place at the tail, then moved to the front of a new run.
+        b.clear();
+        assert!(b.push(addr(1), &[1; 10], 64));
+        b.tail()[..20].copy_from_slice(&[9; 20]);
+        assert!(
+            !b.push_tail(addr(1), 20, 64),
+            "larger than the run's segment"
+        );
+        b.restart_with_tail(addr(1), 20);
+        assert_eq!(b.contents(), &[9; 20][..]);
+        assert_eq!((b.count, b.dst), (1, Some(addr(1))));
     }
 
     #[tokio::test]

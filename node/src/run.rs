@@ -231,7 +231,7 @@ async fn run_daemon(
         coord,
         key.clone(),
         first,
-        source,
+        source.clone(),
         events_tx,
         outbox_rx,
     ));
@@ -243,7 +243,7 @@ async fn run_daemon(
         outbox,
         status_rx,
     };
-    let daemon = Daemon::new(dir, &saved, key, io).context("setting up the data socket")?;
+    let daemon = Daemon::new(dir, &saved, key, io, source).context("setting up the data socket")?;
     tracing::info!(ip = %saved.mesh_ip, network = %saved.network, tun = %saved.tun,
         port = saved.port, name = %saved.name, "ready");
     let exit = daemon.run(shutdown_signal()).await;
