@@ -117,7 +117,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
     }
-    tracing::info!("shutting down");
 }
 
 /// `warren join`.
@@ -247,6 +246,7 @@ async fn run_daemon(
     tracing::info!(ip = %saved.mesh_ip, network = %saved.network, tun = %saved.tun,
         port = saved.port, name = %saved.name, "ready");
     let exit = daemon.run(shutdown_signal()).await;
+    tracing::info!(reason = ?exit, "shutting down");
     // The daemon (and with it the control client's outbox) is dropped: the client closes the
     // connection and returns.
     let control_result = match tokio::time::timeout(CLOSE_GRACE, control_task).await {
