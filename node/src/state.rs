@@ -152,7 +152,7 @@ impl Pending {
             committed: false,
         };
         let text = format!("{}\n", B64.encode(pending.key.0));
-        write_private(&pending.tmp.join(KEY_FILE), text.as_bytes())?;
+        write_private(&pending.tmp.join(KEY_FILE), text.as_bytes(), true)?;
         Ok(pending)
     }
 
@@ -164,7 +164,7 @@ impl Pending {
     /// Writes `state.json` and renames the directory into place.
     pub fn commit(mut self, state: &SavedState) -> anyhow::Result<PathBuf> {
         let json = serde_json::to_vec_pretty(state).context("serializing state")?;
-        write_private(&self.tmp.join(STATE_FILE), &json)?;
+        write_private(&self.tmp.join(STATE_FILE), &json, true)?;
         ensure_free(&self.target)?;
         // rename(2) atomically replaces an empty directory, and fails on a non-empty one, so a
         // racing join cannot be overwritten.
@@ -190,8 +190,8 @@ impl Drop for Pending {
     }
 }
 
-/// Writes a new 0600 file and syncs it to disk.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes a new 0600 file; with `sync`, waits until it is on disk.
+fn write_private(path: &Path, bytes: &[u8], sync: bool) -> anyhow::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -199,7 +199,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+        .and_then(|()| if sync { f.sync_all() } else { Ok(()) })
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -243,12 +243,14 @@ pub fn load(dir: &Path) -> anyhow::Result<(PrivateKey, SavedState)> {
     Ok((PrivateKey(secret), state))
 }
 
-/// Replaces the cached peer list (write to a temporary file, then rename).
+/// Replaces the cached peer list (write to a temporary file, then rename). Not synced: it runs
+/// on the daemon's data-path task, and a cache lost in a crash only means waiting for the
+/// coordinator (an unreadable cache is ignored).
 pub fn save_peers(dir: &Path, peers: &[PeerRecord]) -> anyhow::Result<()> {
     let json = serde_json::to_vec(peers).context("serializing peers")?;
     let tmp = dir.join(format!(".{PEERS_FILE}.tmp"));
     let _ = fs::remove_file(&tmp);
-    write_private(&tmp, &json)?;
+    write_private(&tmp, &json, false)?;
     fs::rename(&tmp, dir.join(PEERS_FILE)).context("replacing the peer cache")
 }
 
