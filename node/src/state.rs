@@ -178,6 +178,10 @@ impl Pending {
         fs::set_permissions(&self.target, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("setting mode 0700 on {}", self.target.display()))?;
         self.committed = true;
+        // Make the rename itself durable (best effort: not every filesystem syncs directories).
+        if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = fs::File::open(parent).and_then(|d| d.sync_all());
+        }
         Ok(self.target.clone())
     }
 }
