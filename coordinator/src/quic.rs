@@ -1,0 +1,61 @@
+//! The coordinator's QUIC endpoint: TLS 1.3 with the self-signed certificate that invite tokens
+//! pin, ALPN `warren/1`, and QUIC bit greasing off (nodes share their data socket with QUIC and
+//! tell the two apart by the packet's first byte, DESIGN.md section 2).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+use crate::datadir::Identity;
+use crate::mesh::Mesh;
+
+/// ALPN id of Warren's control protocol.
+pub const ALPN: &[u8] = b"warren/1";
+/// QUIC keepalive: keeps NAT mappings of the node's data socket open and detects dead nodes.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// A node silent this long is considered gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Binds the endpoint on `listen`.
+pub fn endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::Endpoint> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("configuring TLS")?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(identity.cert_der.clone())],
+            PrivatePkcs8KeyDer::from(identity.key_der.clone()).into(),
+        )
+        .context("loading the coordinator certificate")?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("building the QUIC TLS config")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().context("idle timeout")?));
+    server.transport_config(Arc::new(transport));
+    let mut config = quinn::EndpointConfig::default();
+    config.grease_quic_bit(false);
+    let socket =
+        std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+    quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+        .with_context(|| format!("starting QUIC on {listen}"))
+}
+
+/// Accepts node connections until the endpoint closes.
+pub async fn accept_loop(endpoint: quinn::Endpoint, mesh: Arc<Mesh>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => crate::session::serve_connection(mesh, conn).await,
+                Err(e) => tracing::debug!(error = %e, "incoming connection failed"),
+            }
+        });
+    }
+}

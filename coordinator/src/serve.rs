@@ -1,0 +1,180 @@
+//! `warren-coordinator serve`: opens the data directory and store, settles the mesh network and
+//! public address, then runs the QUIC endpoint and the HTTP API until SIGINT/SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tracing::{info, warn};
+use warren_proto::ids::MeshNetwork;
+use warren_proto::token::CoordinatorAddr;
+
+use crate::datadir::{self, DataDir};
+use crate::invite::{self, META_PUBLIC_ADDR};
+use crate::mesh::Mesh;
+use crate::store::Store;
+
+/// Meta key of the mesh network, fixed once nodes exist.
+const META_NETWORK: &str = "network";
+
+/// Arguments of `serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Data directory (certificate, admin token, SQLite store).
+    #[arg(long, env = "WARREN_COORDINATOR_DATA_DIR", default_value = datadir::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// UDP address for nodes (QUIC).
+    #[arg(long, default_value = "0.0.0.0:7443", value_parser = crate::parse_socket)]
+    listen: SocketAddr,
+    /// TCP address of the HTTP API (loopback by default: put TLS in front to expose it).
+    #[arg(long, default_value = "127.0.0.1:7480", value_parser = crate::parse_socket)]
+    http: SocketAddr,
+    /// HOST:PORT that invite tokens carry (default: the listen address, or this host's first
+    /// non-loopback IPv4 address with the listen port).
+    #[arg(long, value_parser = crate::parse_public_addr)]
+    public_addr: Option<CoordinatorAddr>,
+    /// The mesh network nodes get addresses from (default 100.80.0.0/16; fixed once nodes exist).
+    #[arg(long, value_parser = crate::parse_network)]
+    network: Option<MeshNetwork>,
+}
+
+/// Runs the coordinator.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let dir = DataDir::open_or_init(&args.data_dir)?;
+    let identity = dir.identity()?;
+    let admin_token = dir.admin_token()?;
+    let store: Arc<dyn Store> = Arc::new(dir.store()?);
+    let network = settle_network(store.as_ref(), args.network)?;
+    let public_addr = match args.public_addr {
+        Some(a) => a,
+        None => guess_public_addr(args.listen)?,
+    };
+    store.set_meta(META_PUBLIC_ADDR, &public_addr.to_string())?;
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let endpoint = crate::quic::endpoint(&identity, args.listen)?;
+        let http = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("binding HTTP {}", args.http))?;
+        let mesh = Arc::new(Mesh::new(
+            store.clone(),
+            network,
+            public_addr.clone(),
+            identity.fingerprint,
+            admin_token,
+        ));
+        info!(quic = %args.listen, http = %args.http, public = %public_addr, %network, "coordinator listening");
+        if dir.first_start {
+            let token = invite::create(
+                store.as_ref(),
+                public_addr.clone(),
+                identity.fingerprint,
+                1,
+                None,
+                invite::unix_now(),
+            )?;
+            println!("Warren coordinator initialised in {}.", dir.path.display());
+            println!("Admin API token: {}/admin.token", dir.path.display());
+            println!("Join a first node with:\n\n    warren join {token}\n");
+            println!("More invites: warren-coordinator invite create --data-dir {}", dir.path.display());
+        }
+        let accept = tokio::spawn(crate::quic::accept_loop(endpoint.clone(), mesh.clone()));
+        let api = axum::serve(http, crate::http::app(mesh))
+            .with_graceful_shutdown(shutdown_signal());
+        api.await.context("HTTP server failed")?;
+        info!("shutting down");
+        endpoint.close(0u32.into(), b"coordinator shutting down");
+        accept.abort();
+        endpoint.wait_idle().await;
+        Ok(())
+    })
+}
+
+/// Uses the stored network, or records the requested (or default) one on first start.
+fn settle_network(store: &dyn Store, requested: Option<MeshNetwork>) -> Result<MeshNetwork> {
+    let stored = store.meta(META_NETWORK)?;
+    match stored {
+        Some(s) => {
+            let stored: MeshNetwork = s
+                .parse()
+                .with_context(|| format!("stored network {s:?} is invalid"))?;
+            if let Some(r) = requested {
+                if r != stored {
+                    if !store.nodes()?.is_empty() {
+                        bail!("this mesh already uses network {stored}; --network {r} cannot change it while nodes are registered");
+                    }
+                    store.set_meta(META_NETWORK, &r.to_string())?;
+                    return Ok(r);
+                }
+            }
+            Ok(stored)
+        }
+        None => {
+            let n = requested.unwrap_or_default();
+            store.set_meta(META_NETWORK, &n.to_string())?;
+            Ok(n)
+        }
+    }
+}
+
+/// The listen address if it is specific, else the first non-loopback IPv4 interface address.
+fn guess_public_addr(listen: SocketAddr) -> Result<CoordinatorAddr> {
+    if !listen.ip().is_unspecified() {
+        return Ok(CoordinatorAddr::Ip(listen.ip(), listen.port()));
+    }
+    let ip = first_ipv4()
+        .context("cannot tell this host's public address; pass --public-addr HOST:PORT")?;
+    warn!(%ip, "no --public-addr given; invite tokens will carry {ip}:{} (pass --public-addr if nodes reach this host under another address)", listen.port());
+    Ok(CoordinatorAddr::Ip(ip, listen.port()))
+}
+
+/// First non-loopback IPv4 address of this host's interfaces.
+fn first_ipv4() -> Option<IpAddr> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we free with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr is non-null and points at a sockaddr of family sa_family.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                // SAFETY: AF_INET addresses are sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !ip.is_unspecified() {
+                    found = Some(IpAddr::V4(ip));
+                    break;
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: frees the list from getifaddrs exactly once.
+    unsafe { libc::freeifaddrs(ifap) };
+    found
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

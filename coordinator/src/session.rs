@@ -1,0 +1,405 @@
+//! One node's control session over its QUIC connection: the Hello/Challenge/Join-or-Login
+//! handshake, then candidate updates, punch brokering and reflexive-address changes until the
+//! connection ends. Malformed input ends only this session, with an `Error{Protocol}` frame.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use warren_proto::control::{self, CoordMessage, ErrorCode, NodeMessage, CONTROL_VERSION};
+use warren_proto::ids::{NodeId, PrivateKey, PublicKey};
+use warren_proto::proof;
+
+use crate::invite::{hash_secret, unix_now};
+use crate::mesh::Mesh;
+use crate::registry::{OnlineNode, NODE_QUEUE};
+use crate::store::{NodeRow, RegisterError, Registration, StoreError};
+
+/// How long a node has to open its stream and finish logging in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the reflexive address is checked for changes (NAT rebinding).
+const REFLEXIVE_CHECK: Duration = Duration::from_secs(1);
+/// How often `last_seen` is written while a node stays online.
+const LAST_SEEN_EVERY: Duration = Duration::from_secs(60);
+/// Most local candidates a node may report.
+const MAX_LOCAL_CANDIDATES: usize = 16;
+/// Longest node name accepted (longer ones are cut).
+const MAX_NAME: usize = 63;
+
+/// A control-protocol failure to report to the node before closing.
+struct Refusal(ErrorCode, String);
+
+impl From<RegisterError> for Refusal {
+    fn from(e: RegisterError) -> Self {
+        let code = match &e {
+            RegisterError::InviteUnknown => ErrorCode::InviteUnknown,
+            RegisterError::InviteExpired => ErrorCode::InviteExpired,
+            RegisterError::InviteUsedUp => ErrorCode::InviteUsedUp,
+            RegisterError::InviteRevoked => ErrorCode::InviteRevoked,
+            RegisterError::AlreadyRegistered => ErrorCode::AlreadyRegistered,
+            RegisterError::NetworkFull => ErrorCode::NetworkFull,
+            RegisterError::Store(_) => ErrorCode::Internal,
+        };
+        Refusal(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal(ErrorCode::Internal, e.to_string())
+    }
+}
+
+/// Reads one frame; `None` at a clean end of stream.
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<NodeMessage>> {
+    let mut header = [0u8; 4];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = control::frame_len(header)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(control::decode(&body)?))
+}
+
+async fn write_frame(send: &mut quinn::SendStream, msg: &CoordMessage) -> Result<()> {
+    send.write_all(&control::encode(msg)).await?;
+    Ok(())
+}
+
+/// Normalizes a requested node name to a DNS-label-like form.
+fn clean_name(raw: &str) -> String {
+    let mut name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_NAME)
+        .collect();
+    name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        "node".into()
+    } else {
+        name
+    }
+}
+
+/// Serves one node connection to its end.
+pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mesh, &conn)).await;
+    let (row, mut send, recv) = match login {
+        Ok(Ok(Ok(v))) => v,
+        Ok(Ok(Err((mut send, Refusal(code, message))))) => {
+            debug!(%remote, ?code, %message, "login refused");
+            let _ = write_frame(&mut send, &CoordMessage::Error { code, message }).await;
+            let _ = send.finish();
+            // Give the frame time to leave before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            conn.close(1u32.into(), b"login refused");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "login failed");
+            conn.close(1u32.into(), b"login failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "login timed out");
+            conn.close(1u32.into(), b"login timed out");
+            return;
+        }
+    };
+    let id = row.id;
+    info!(node = %id, name = %row.name, ip = %row.mesh_ip, "node online");
+
+    // Welcome before the node appears online to others, so it never sees a Punch first.
+    let peers = match mesh.with_store(|s| s.nodes()).await {
+        Ok(nodes) => nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| mesh.registry.record(n))
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "listing nodes failed");
+            conn.close(1u32.into(), b"internal error");
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel(NODE_QUEUE);
+    let conn_id = mesh.conn_id();
+    mesh.registry.insert(
+        id,
+        OnlineNode {
+            conn_id,
+            tx,
+            reflexive: remote,
+            local: Vec::new(),
+            connection: conn.clone(),
+        },
+    );
+    let welcome = CoordMessage::Welcome {
+        node: mesh.registry.record(&row),
+        network: mesh.network,
+        reflexive: remote,
+        peers,
+    };
+    if write_frame(&mut send, &welcome).await.is_ok() {
+        mesh.registry.broadcast_except(
+            id,
+            &CoordMessage::PeerUpsert {
+                peer: mesh.registry.record(&row),
+            },
+        );
+        let writer = tokio::spawn(write_loop(send, rx));
+        if let Err(e) = run(&mesh, &conn, &row, recv).await {
+            debug!(node = %id, error = %e, "control session ended with an error");
+            // Tell the node why (best effort) before closing.
+            mesh.registry.send(
+                id,
+                CoordMessage::Error {
+                    code: ErrorCode::Protocol,
+                    message: e.to_string(),
+                },
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.close(2u32.into(), b"protocol error");
+        }
+        writer.abort();
+    }
+    if mesh.registry.remove_if_current(id, conn_id) {
+        info!(node = %id, "node offline");
+        let _ = mesh.with_store(move |s| s.touch(id, unix_now())).await;
+        mesh.registry.broadcast_except(
+            id,
+            &CoordMessage::PeerUpsert {
+                peer: mesh.registry.record(&row),
+            },
+        );
+    }
+}
+
+type LoginResult =
+    Result<(NodeRow, quinn::SendStream, quinn::RecvStream), (quinn::SendStream, Refusal)>;
+
+/// Hello, Challenge, Join or Login. Outer error: the connection is unusable; inner error: a
+/// refusal to send on the stream.
+async fn login(mesh: &Arc<Mesh>, conn: &quinn::Connection) -> Result<LoginResult> {
+    let (mut send, mut recv) = conn.accept_bi().await.context("accepting control stream")?;
+    let Some(NodeMessage::Hello {
+        version,
+        public_key,
+    }) = read_frame(&mut recv).await?
+    else {
+        return Ok(Err((
+            send,
+            Refusal(ErrorCode::Protocol, "expected hello".into()),
+        )));
+    };
+    if version != CONTROL_VERSION {
+        let msg = format!("coordinator speaks control version {CONTROL_VERSION}, node {version}");
+        return Ok(Err((send, Refusal(ErrorCode::VersionUnsupported, msg))));
+    }
+    let ephemeral = PrivateKey::from_random(rand::random());
+    let nonce: [u8; 32] = rand::random();
+    write_frame(
+        &mut send,
+        &CoordMessage::Challenge {
+            server_ephemeral: ephemeral.public_key(),
+            nonce,
+        },
+    )
+    .await?;
+    let mut binding = [0u8; 32];
+    conn.export_keying_material(&mut binding, proof::EXPORTER_LABEL, b"")
+        .map_err(|_| anyhow!("exporting keying material"))?;
+    let check = |p: &[u8; 32]| proof::verify(&ephemeral, &public_key, &nonce, &binding, p);
+    let outcome = match read_frame(&mut recv).await? {
+        Some(NodeMessage::Join {
+            invite_secret,
+            name,
+            proof,
+        }) => {
+            if !check(&proof) {
+                Err(Refusal(
+                    ErrorCode::BadProof,
+                    "key possession proof failed".into(),
+                ))
+            } else {
+                join(mesh, public_key, invite_secret, name).await
+            }
+        }
+        Some(NodeMessage::Login { proof }) => {
+            if !check(&proof) {
+                Err(Refusal(
+                    ErrorCode::BadProof,
+                    "key possession proof failed".into(),
+                ))
+            } else {
+                match mesh.with_store(move |s| s.node_by_key(&public_key)).await {
+                    Ok(Some(row)) => Ok(row),
+                    Ok(None) => Err(Refusal(
+                        ErrorCode::NotRegistered,
+                        "this node is not registered with the coordinator (removed?); join again with a new invite".into(),
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+        _ => Err(Refusal(
+            ErrorCode::Protocol,
+            "expected join or login".into(),
+        )),
+    };
+    Ok(match outcome {
+        Ok(row) => Ok((row, send, recv)),
+        Err(r) => Err((send, r)),
+    })
+}
+
+async fn join(
+    mesh: &Arc<Mesh>,
+    public_key: PublicKey,
+    secret: [u8; 32],
+    name: String,
+) -> Result<NodeRow, Refusal> {
+    let reg = Registration {
+        secret_hash: hash_secret(&secret),
+        name: clean_name(&name),
+        public_key,
+        network: mesh.network,
+        now: unix_now(),
+    };
+    let row = mesh.with_store(move |s| s.register(&reg)).await?;
+    info!(node = %row.id, name = %row.name, ip = %row.mesh_ip, "node registered");
+    Ok(row)
+}
+
+/// Forwards queued messages to the node's stream.
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<CoordMessage>) {
+    while let Some(msg) = rx.recv().await {
+        if write_frame(&mut send, &msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The logged-in part of the session.
+async fn run(
+    mesh: &Arc<Mesh>,
+    conn: &quinn::Connection,
+    row: &NodeRow,
+    mut recv: quinn::RecvStream,
+) -> Result<()> {
+    let id = row.id;
+    let mut reflexive = conn.remote_address();
+    let mut check = tokio::time::interval(REFLEXIVE_CHECK);
+    let mut seen = tokio::time::interval(LAST_SEEN_EVERY);
+    loop {
+        tokio::select! {
+            frame = read_frame(&mut recv) => {
+                match frame? {
+                    None => return Ok(()),
+                    Some(msg) => handle(mesh, row, msg)?,
+                }
+            }
+            _ = check.tick() => {
+                let now = conn.remote_address();
+                if now != reflexive {
+                    debug!(node = %id, old = %reflexive, new = %now, "reflexive address changed");
+                    reflexive = now;
+                    mesh.registry.update(id, |n| n.reflexive = now);
+                    mesh.registry.send(id, CoordMessage::Reflexive { addr: now });
+                    announce(mesh, row);
+                }
+            }
+            _ = seen.tick() => {
+                let _ = mesh.with_store(move |s| s.touch(id, unix_now())).await;
+            }
+            reason = conn.closed() => {
+                debug!(node = %id, %reason, "connection closed");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Tells every other node the current record of `row`.
+fn announce(mesh: &Mesh, row: &NodeRow) {
+    mesh.registry.broadcast_except(
+        row.id,
+        &CoordMessage::PeerUpsert {
+            peer: mesh.registry.record(row),
+        },
+    );
+}
+
+fn handle(mesh: &Arc<Mesh>, row: &NodeRow, msg: NodeMessage) -> Result<()> {
+    let id = row.id;
+    match msg {
+        NodeMessage::Candidates { local } => {
+            let local: Vec<SocketAddr> = local
+                .into_iter()
+                .filter(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast())
+                .take(MAX_LOCAL_CANDIDATES)
+                .collect();
+            mesh.registry.update(id, |n| n.local = local);
+            announce(mesh, row);
+        }
+        NodeMessage::PunchRequest { peer } => broker_punch(mesh, id, peer),
+        NodeMessage::Hello { .. } | NodeMessage::Join { .. } | NodeMessage::Login { .. } => {
+            bail!("unexpected login message after login")
+        }
+    }
+    Ok(())
+}
+
+/// Tells both nodes at the same moment to punch towards each other.
+fn broker_punch(mesh: &Mesh, a: NodeId, b: NodeId) {
+    if a == b {
+        return;
+    }
+    let (Some(cand_a), Some(cand_b)) = (mesh.registry.candidates(a), mesh.registry.candidates(b))
+    else {
+        debug!(node = %a, peer = %b, "punch request for an offline or unknown peer ignored");
+        return;
+    };
+    debug!(node = %a, peer = %b, "brokering punch");
+    mesh.registry.send(
+        b,
+        CoordMessage::Punch {
+            peer: a,
+            candidates: cand_a,
+        },
+    );
+    mesh.registry.send(
+        a,
+        CoordMessage::Punch {
+            peer: b,
+            candidates: cand_b,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_name;
+
+    #[test]
+    fn names_are_cleaned() {
+        assert_eq!(clean_name("My Laptop"), "my-laptop");
+        assert_eq!(clean_name("  "), "node");
+        assert_eq!(clean_name("--x--"), "x");
+        assert_eq!(clean_name(&"a".repeat(100)).len(), 63);
+    }
+}
