@@ -12,6 +12,10 @@ mod registry;
 mod serve;
 mod session;
 mod store;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

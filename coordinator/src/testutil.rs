@@ -1,0 +1,156 @@
+//! Test helpers: a mesh over a throwaway data directory, and a QUIC test client that speaks the
+//! control protocol with a certificate pinned like a real node's.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use warren_proto::control::{self, CoordMessage, NodeMessage};
+
+use crate::datadir::DataDir;
+use crate::mesh::Mesh;
+use crate::store::Store;
+
+/// A data directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("warren-coord-test-{}", rand::random::<u64>()));
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A mesh over a fresh data directory, with its identity.
+pub fn mesh() -> (TempDir, Arc<Mesh>, crate::datadir::Identity) {
+    let dir = TempDir::new();
+    let dd = DataDir::open_or_init(&dir.0).unwrap();
+    let identity = dd.identity().unwrap();
+    let store: Arc<dyn Store> = Arc::new(dd.store().unwrap());
+    let mesh = Arc::new(Mesh::new(
+        store,
+        "10.99.0.0/24".parse().unwrap(),
+        "127.0.0.1:7443".parse().unwrap(),
+        identity.fingerprint,
+        "test-admin-token-0123456789".into(),
+    ));
+    (dir, mesh, identity)
+}
+
+/// Accepts exactly the certificate with the given SHA-256 (what nodes do).
+#[derive(Debug)]
+struct Pinned([u8; 32], Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if <[u8; 32]>::from(Sha256::digest(end_entity.as_ref())) == self.0 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("fingerprint mismatch".into()))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A connected test client.
+pub struct Client {
+    pub local: std::net::SocketAddr,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl Client {
+    pub async fn connect(server: std::net::SocketAddr, fingerprint: [u8; 32]) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned(fingerprint, provider)))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![crate::quic::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = ep
+            .connect(server, crate::datadir::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let local = ep.local_addr().unwrap();
+        Self {
+            local,
+            conn,
+            send,
+            recv,
+        }
+    }
+
+    pub async fn send(&mut self, msg: &NodeMessage) {
+        self.send.write_all(&control::encode(msg)).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    /// Next message, or None if the stream or connection ended (bounded wait).
+    pub async fn recv(&mut self) -> Option<CoordMessage> {
+        let fut = async {
+            let mut header = [0u8; 4];
+            self.recv.read_exact(&mut header).await.ok()?;
+            let mut body = vec![0u8; control::frame_len(header).ok()?];
+            self.recv.read_exact(&mut body).await.ok()?;
+            control::decode(&body).ok()
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub fn binding(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut b, warren_proto::proof::EXPORTER_LABEL, b"")
+            .unwrap();
+        b
+    }
+}
