@@ -209,9 +209,16 @@ impl AsyncUdpSocket for QuicSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         // max_transmit_segments is 1, so quinn never hands us a GSO batch.
-        self.io
-            .try_send_to(transmit.contents, transmit.destination)
-            .map(|_| ())
+        match self.io.try_send_to(transmit.contents, transmit.destination) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            // Like quinn's own sockets: any other error (no route while the network changes,
+            // ICMP-reported refusals) is a lost datagram, not the end of the connection.
+            Err(e) => {
+                tracing::debug!(dst = %transmit.destination, error = %e, "QUIC send failed");
+                Ok(())
+            }
+        }
     }
 
     fn poll_recv(

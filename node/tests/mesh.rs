@@ -251,6 +251,37 @@ fn two_daemons(offload: bool) {
         iperf(&na, &nb);
     }
 
+    // node-a roams to a new LAN address: its next authenticated packets move node-b's endpoint.
+    // (Deleting a primary address also deletes its secondaries, so the old one goes first.)
+    let old = "10.231.0.2/24";
+    let new = "10.231.0.12/24";
+    sh(&["ip", "-n", &a, "addr", "del", old, "dev", "eth0"]);
+    sh(&["ip", "-n", &a, "addr", "add", new, "dev", "eth0"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut roamed = false;
+    while Instant::now() < deadline {
+        let sb = nb.status();
+        let endpoint = sb["peers"][0]["endpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if endpoint.starts_with("10.231.0.12:") && na.ping("100.77.0.2") {
+            roamed = true;
+            break;
+        }
+        na.ping("100.77.0.2");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !roamed {
+        let la: Vec<String> = na.lines.try_iter().collect();
+        let lb: Vec<String> = nb.lines.try_iter().collect();
+        panic!(
+            "node-b did not follow node-a to its new address:\nb: {}\na: {}\nlogs a: {la:#?}\nlogs b: {lb:#?}",
+            nb.status(),
+            na.status()
+        );
+    }
+
     // The coordinator goes away and node-a restarts: the cached peer list brings the tunnel
     // back without it (DESIGN.md section 6).
     fake.shutdown();
