@@ -5,9 +5,8 @@
 //! [`connect`] performs Hello → Challenge → Join/Login → Welcome (or a typed [`NodeError`]).
 //! [`supervise`] then keeps a session alive for the daemon: it forwards coordinator messages as
 //! [`ControlEvent`]s, sends the daemon's [`NodeMessage`]s, reports local candidates at the start
-//! of each session, and on a drop
-//! reconnects with `Login` and exponential backoff while the data plane keeps running. It stops
-//! when the daemon drops its sender.
+//! of each session, and on a drop reconnects with `Login` and exponential backoff while the data
+//! plane keeps running. It stops when the daemon drops its sender.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
