@@ -94,6 +94,7 @@ fn run(lab: &mut Lab) -> Result<()> {
                 Duration::ZERO,
                 || Ok(lab.ping(&from.host, *to_ip, 1)?.then_some(())),
             )?;
+            let first = t.elapsed();
             ensure!(
                 lab.ping(&from.host, *to_ip, 3)?,
                 "ping {} -> {} failed",
@@ -101,10 +102,8 @@ fn run(lab: &mut Lab) -> Result<()> {
                 to.name
             );
             println!(
-                "ping {:7} -> {:7} ({to_ip}): ok, first reply after {:.2?}",
-                from.name,
-                to.name,
-                t.elapsed()
+                "ping {:7} -> {:7} ({to_ip}): ok, first reply after {first:.2?}",
+                from.name, to.name
             );
         }
     }

@@ -198,11 +198,13 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
                 );
             }
         }
-        let (code, _) = lab.api_get(&coord, "/v1/peers", false)?;
-        ensure!(
-            code == 401,
-            "GET /v1/peers without a token answered HTTP {code}, not 401"
-        );
+        for route in ["/v1/peers", "/v1/health"] {
+            let (code, _) = lab.api_get(&coord, route, false)?;
+            ensure!(
+                code == 401,
+                "GET {route} without a token answered HTTP {code}, not 401"
+            );
+        }
         Ok(())
     });
 }
