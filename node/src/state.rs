@@ -108,6 +108,29 @@ pub fn ensure_free(target: &Path) -> Result<(), NodeError> {
     }
 }
 
+/// A temporary join directory older than this was left by a killed `join` and is removed.
+const STALE_JOIN: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes `.BASE.join-*` directories in `parent` that a killed `join` left behind.
+fn sweep_stale_joins(parent: &Path, base: &str) {
+    let prefix = format!(".{base}.join-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(&prefix)
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_JOIN);
+        if stale {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A state directory being created by `join`; removed on drop unless committed.
 #[derive(Debug)]
 pub struct Pending {
@@ -136,6 +159,7 @@ impl Pending {
             .into_owned();
         fs::create_dir_all(&parent)
             .with_context(|| format!("creating parent directory {}", parent.display()))?;
+        sweep_stale_joins(&parent, &base);
         let mut rng = rand::rngs::OsRng;
         let tmp = parent.join(format!(".{base}.join-{:08x}", rng.next_u32()));
         DirBuilder::new()
@@ -406,6 +430,27 @@ pub(crate) mod tests {
             err.downcast_ref::<NodeError>(),
             Some(NodeError::CorruptState { .. })
         ));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn stale_temp_dirs_of_killed_joins_are_swept() {
+        let root = scratch("sweep");
+        let old = root.join(".state.join-0000dead");
+        let fresh = root.join(".state.join-0000beef");
+        let other = root.join(".other.join-0000dead");
+        for d in [&old, &fresh, &other] {
+            fs::create_dir(d).unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - STALE_JOIN * 2;
+        for d in [&old, &other] {
+            fs::File::open(d).unwrap().set_modified(long_ago).unwrap();
+        }
+        let pending = Pending::create(&root.join("state")).unwrap();
+        assert!(!old.exists(), "stale temp dir of this target removed");
+        assert!(fresh.exists(), "a recent one may belong to a running join");
+        assert!(other.exists(), "other targets are not touched");
+        drop(pending);
         fs::remove_dir_all(root).unwrap();
     }
 
