@@ -105,6 +105,13 @@ pub fn app(mesh: Arc<Mesh>) -> Router {
     Router::new()
         .nest("/v1", v1)
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(mesh)
 }

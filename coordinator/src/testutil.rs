@@ -89,6 +89,7 @@ impl ServerCertVerifier for Pinned {
 
 /// A connected test client.
 pub struct Client {
+    pub ep: quinn::Endpoint,
     pub local: std::net::SocketAddr,
     pub conn: quinn::Connection,
     pub send: quinn::SendStream,
@@ -116,10 +117,31 @@ impl Client {
         let (send, recv) = conn.open_bi().await.unwrap();
         let local = ep.local_addr().unwrap();
         Self {
+            ep,
             local,
             conn,
             send,
             recv,
+        }
+    }
+
+    /// Moves the client to a new UDP socket, as a NAT rebinding would; returns the new address.
+    pub fn rebind(&mut self) -> std::net::SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        self.ep.rebind(socket).unwrap();
+        self.local = self.ep.local_addr().unwrap();
+        self.local
+    }
+
+    /// Next message that `pick` accepts, skipping others (None after 5 s without one).
+    pub async fn wait_for<T>(
+        &mut self,
+        mut pick: impl FnMut(CoordMessage) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            if let Some(t) = pick(self.recv().await?) {
+                return Some(t);
+            }
         }
     }
 

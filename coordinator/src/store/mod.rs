@@ -88,6 +88,9 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file could not be created.
+    #[error("database file: {0}")]
+    Io(#[from] std::io::Error),
     /// A row holds a value this build cannot read (a corrupted or foreign database).
     #[error("database holds an invalid value: {0}")]
     Corrupt(String),

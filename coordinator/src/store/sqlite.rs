@@ -48,6 +48,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -63,6 +64,22 @@ impl SqliteStore {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back on drop), so a poisoned lock is safe to keep using.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates the database file readable by its owner only, if it does not exist yet. SQLite gives
+/// its `-wal` and `-shm` files the database file's permissions.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Io(e)),
     }
 }
 
@@ -386,17 +403,27 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_stored_hashed_only() {
+    fn secrets_are_stored_hashed_only_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
         let (d, s) = temp_store();
-        s.create_invite([0xAB; 32], 1, None, 0).unwrap();
+        let token =
+            crate::invite::create(&s, "127.0.0.1:7443".parse().unwrap(), [0; 32], 1, None, 0)
+                .unwrap();
         drop(s);
-        let conn = Connection::open(d.0.join("w.db")).unwrap();
+        let path = d.0.join("w.db");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let conn = Connection::open(&path).unwrap();
         let stored: Vec<u8> = conn
             .query_row("SELECT secret_hash FROM invites", [], |r| r.get(0))
             .unwrap();
-        // The store keeps exactly what it was given: callers pass SHA-256 of the secret (see
-        // `invite::hash_secret`), never the secret.
-        assert_eq!(stored, vec![0xAB; 32]);
+        assert_eq!(stored, crate::invite::hash_secret(&token.secret).to_vec());
+        assert_ne!(stored, token.secret.to_vec());
+        // The secret appears nowhere in the file (the WAL is checkpointed on close).
+        drop(conn);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(32).any(|w| w == token.secret));
+        assert!(raw.windows(32).any(|w| w == stored.as_slice()));
     }
 
     #[test]
