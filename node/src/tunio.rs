@@ -11,8 +11,9 @@ use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use crate::socket::MAX_DATAGRAM;
 use crate::tun::TUN_MTU;
 
-/// Bytes per split read buffer: one MTU-sized IP packet plus slack.
-const READ_SLOT: usize = 2048;
+/// Bytes per split read buffer: one IP packet; room for jumbo MTUs in case someone raises the
+/// interface MTU by hand (a packet larger than its slot would be truncated or refused).
+const READ_SLOT: usize = 16 * 1024;
 /// Split packets per offloaded read: a 64 KiB super-packet cut at the MTU, with room to spare.
 const READ_SLOTS: usize = MAX_DATAGRAM / TUN_MTU as usize + 16;
 /// Decrypted packets queued before a forced write.
