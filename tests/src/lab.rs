@@ -81,10 +81,12 @@ pub struct Lab {
     sites: Vec<Site>,
     /// Counter for bridge-port interface names in the internet namespace.
     next_port: usize,
-    /// Keep the directory after drop (set when something failed).
+    /// Keep the directory after drop (set when something failed, or by `WARREN_LAB_KEEP`).
     keep_dir: bool,
     /// The binaries under test, located on first use.
     bins: Option<Bins>,
+    /// Whether the failure report was printed already (printed once).
+    reported: bool,
 }
 
 impl Lab {
@@ -116,8 +118,9 @@ impl Lab {
             coordinator_host,
             sites: Vec::new(),
             next_port: 0,
-            keep_dir: false,
+            keep_dir: std::env::var_os("WARREN_LAB_KEEP").is_some(),
             bins: None,
+            reported: false,
         };
         let inet = lab.inet.clone();
         lab.add_ns(&inet)?;
@@ -288,6 +291,10 @@ impl Lab {
 
     /// Prints every process's stderr tail and keeps the lab directory for inspection.
     pub fn report_failure(&mut self) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
         self.keep_dir = true;
         eprintln!(
             "\n[lab] ===== {} failed; logs in {} =====",
@@ -322,7 +329,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if std::thread::panicking() && !self.keep_dir {
+        if std::thread::panicking() {
             self.report_failure();
         }
         for p in self.procs.iter_mut().rev() {

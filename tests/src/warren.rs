@@ -103,17 +103,7 @@ impl Lab {
         let data_dir = self.dir().join(format!("{label}-data"));
         let quic = SocketAddr::from((host.ip, quic_port));
         let http = SocketAddr::from((host.ip, http_port));
-        let args = vec![
-            "serve".to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--listen".into(),
-            quic.to_string(),
-            "--http".into(),
-            http.to_string(),
-            "--public-addr".into(),
-            public_addr.to_string(),
-        ];
+        let args = serve_args(&data_dir, quic, http, public_addr);
         let proc = self.spawn(label, &host.ns, &bins.coordinator, &args)?;
         let c = Coordinator {
             host,
@@ -122,6 +112,25 @@ impl Lab {
             http,
             proc,
         };
+        self.wait_coordinator_ready(&c, label)?;
+        Ok(c)
+    }
+
+    /// Starts a stopped coordinator again on the same data dir, addresses and ports.
+    pub fn restart_coordinator(&mut self, c: &Coordinator, label: &str) -> Result<Coordinator> {
+        self.proc_mut(c.proc).stop();
+        let bins = self.bins()?;
+        let public = SocketAddr::from((c.host.ip, c.quic.port()));
+        let args = serve_args(&c.data_dir, c.quic, c.http, public);
+        let proc = self.spawn(label, &c.host.ns, &bins.coordinator, &args)?;
+        let restarted = Coordinator { proc, ..c.clone() };
+        self.wait_coordinator_ready(&restarted, label)?;
+        Ok(restarted)
+    }
+
+    /// Waits until a coordinator has written its admin token and answers `/v1/health`.
+    fn wait_coordinator_ready(&mut self, c: &Coordinator, label: &str) -> Result<()> {
+        let proc = c.proc;
         wait_for(
             &format!("{label} to write admin.token and answer /v1/health"),
             COORDINATOR_READY,
@@ -133,11 +142,10 @@ impl Lab {
                 if !c.data_dir.join("admin.token").exists() {
                     return Ok(None);
                 }
-                let (code, _) = self.api_get(&c, "/v1/health", true)?;
+                let (code, _) = self.api_get(c, "/v1/health", true)?;
                 Ok((code == 200).then_some(()))
             },
-        )?;
-        Ok(c)
+        )
     }
 
     /// `warren-coordinator invite create --data-dir D EXTRA...`; returns the token.
@@ -204,6 +212,24 @@ impl Lab {
             port,
             proc,
             started,
+        })
+    }
+
+    /// Stops `node`'s daemon and starts it again with `warren up` from its saved state.
+    pub fn restart_node_with_up(&mut self, node: &Node, label: &str) -> Result<Node> {
+        self.proc_mut(node.proc).stop();
+        let bins = self.bins()?;
+        let args = vec![
+            "up".to_string(),
+            "--state-dir".into(),
+            node.state_dir.display().to_string(),
+        ];
+        let proc = self.spawn(label, &node.host.ns, &bins.warren, &args)?;
+        let started = self.proc(proc).started;
+        Ok(Node {
+            proc,
+            started,
+            ..node.clone()
         })
     }
 
@@ -283,4 +309,24 @@ impl Lab {
         let code: u16 = code.trim().parse().context("curl status code")?;
         Ok((code, body.to_string()))
     }
+}
+
+/// The arguments of `warren-coordinator serve` for a lab coordinator.
+fn serve_args(
+    data_dir: &std::path::Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+    public_addr: SocketAddr,
+) -> Vec<String> {
+    vec![
+        "serve".to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        quic.to_string(),
+        "--http".into(),
+        http.to_string(),
+        "--public-addr".into(),
+        public_addr.to_string(),
+    ]
 }

@@ -1,0 +1,185 @@
+//! Beyond the first connection: tunnels that outlive the coordinator, a node restarted with
+//! `warren up` from its saved state, a coordinator restarted on its data dir (DESIGN.md
+//! sections 3 and 6), and TCP throughput through the tunnel (section 5).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use warren_lab::cmd::wait_for;
+use warren_lab::lab::EXEC_TIMEOUT;
+use warren_lab::{Coordinator, Host, Lab, Node, SiteKind};
+
+/// Bound on every "until it works again" wait.
+const RECOVER: Duration = Duration::from_secs(30);
+/// Minimum tunnel throughput accepted, bits per second: a sanity floor for a debug build on a
+/// loaded 2-core machine, far below the performance budget (which a release build is held to).
+const MIN_BPS: f64 = 20e6;
+
+/// Two `eim` nodes joined through one coordinator, pinging each other.
+struct Pair {
+    coord: Coordinator,
+    a: Node,
+    b: Node,
+    ip_a: Ipv4Addr,
+    ip_b: Ipv4Addr,
+}
+
+fn pair(lab: &mut Lab) -> Result<Pair> {
+    let coord = lab.start_coordinator()?;
+    let sa = lab.add_site(SiteKind::Eim)?;
+    let sb = lab.add_site(SiteKind::Eim)?;
+    let ta = lab.invite(&coord, &[])?;
+    let tb = lab.invite(&coord, &[])?;
+    let a = lab.join(&sa.hosts[0], &ta, "alpha", None)?;
+    let b = lab.join(&sb.hosts[0], &tb, "bravo", None)?;
+    let ip_a = lab.wait_node_ready(&a)?;
+    let ip_b = lab.wait_node_ready(&b)?;
+    wait_ping(lab, &a.host, ip_b, "alpha -> bravo")?;
+    Ok(Pair {
+        coord,
+        a,
+        b,
+        ip_a,
+        ip_b,
+    })
+}
+
+/// Waits until one ping from `from` to `to` is answered; returns how long that took.
+fn wait_ping(lab: &Lab, from: &Host, to: Ipv4Addr, what: &str) -> Result<Duration> {
+    let t = Instant::now();
+    wait_for(what, RECOVER, Duration::ZERO, || {
+        Ok(lab.ping(from, to, 1)?.then_some(()))
+    })?;
+    Ok(t.elapsed())
+}
+
+/// The names of the nodes `/v1/peers` reports online.
+fn online_names(lab: &Lab, coord: &Coordinator) -> Result<Vec<String>> {
+    let (code, body) = lab.api_get(coord, "/v1/peers", true)?;
+    ensure!(code == 200, "GET /v1/peers: HTTP {code}: {body}");
+    let v: Value = serde_json::from_str(&body).context("/v1/peers is not JSON")?;
+    Ok(v.as_array()
+        .context("/v1/peers is not an array")?
+        .iter()
+        .filter(|p| p["online"] == Value::Bool(true))
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+#[test]
+fn tunnels_survive_coordinator_outage_and_restarts() {
+    Lab::run_test("lifecycle", |lab| {
+        let p = pair(lab)?;
+
+        // Coordinator gone: the established tunnel keeps carrying traffic.
+        lab.proc_mut(p.coord.proc).stop();
+        ensure!(
+            lab.ping(&p.a.host, p.ip_b, 3)?,
+            "tunnel died with the coordinator"
+        );
+        eprintln!("[lifecycle] coordinator down: alpha <-> bravo still pings");
+
+        // A node restarted with `warren up` while the coordinator is still down comes back on
+        // its saved address and reaches its peer from the cached peer list.
+        let a2 = lab.restart_node_with_up(&p.a, "node-alpha-up")?;
+        let ip = lab.wait_node_ready(&a2)?;
+        ensure!(
+            ip == p.ip_a,
+            "`warren up` came back on {ip}, the saved address is {}",
+            p.ip_a
+        );
+        let t = wait_ping(
+            lab,
+            &p.b.host,
+            p.ip_a,
+            "bravo -> restarted alpha (coordinator down)",
+        )?;
+        eprintln!("[lifecycle] alpha restarted with `up`, coordinator down: ping after {t:.2?}");
+
+        // The coordinator restarted on its data dir: both nodes log in again by themselves.
+        let coord2 = lab.restart_coordinator(&p.coord, "coordinator-restarted")?;
+        let t = Instant::now();
+        wait_for(
+            "both nodes online again after the coordinator restart",
+            RECOVER,
+            Duration::from_millis(250),
+            || {
+                let names = online_names(lab, &coord2)?;
+                if names.iter().any(|n| n == "alpha") && names.iter().any(|n| n == "bravo") {
+                    return Ok(Some(()));
+                }
+                bail!("online: {names:?}")
+            },
+        )?;
+        eprintln!(
+            "[lifecycle] both nodes online {:.2?} after the coordinator restart",
+            t.elapsed()
+        );
+        ensure!(
+            lab.ping(&a2.host, p.ip_b, 3)?,
+            "no ping alpha -> bravo after everything restarted"
+        );
+
+        // A new node can still join through the restarted coordinator and reach the others.
+        let sc = lab.add_site(SiteKind::Open)?;
+        let tc = lab.invite(&coord2, &[])?;
+        let c = lab.join(&sc.hosts[0], &tc, "charlie", None)?;
+        lab.wait_node_ready(&c)?;
+        let t = wait_ping(lab, &c.host, p.ip_a, "new node charlie -> alpha")?;
+        eprintln!("[lifecycle] charlie joined after the restart, ping to alpha after {t:.2?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn tcp_throughput_through_the_tunnel() {
+    Lab::run_test("throughput", |lab| {
+        if warren_lab::lab::which("iperf3").is_none() {
+            bail!("iperf3 is not installed (apt-get install iperf3)");
+        }
+        let p = pair(lab)?;
+        let server = lab.spawn(
+            "iperf3-server",
+            &p.b.host.ns,
+            std::path::Path::new("iperf3"),
+            &["-s".into(), "-1".into(), "-B".into(), p.ip_b.to_string()],
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        let ip_b = p.ip_b.to_string();
+        let mut result = None;
+        for _ in 0..5 {
+            let out = lab.exec(
+                &p.a.host.ns,
+                &["iperf3", "-c", &ip_b, "-t", "3", "-J"],
+                EXEC_TIMEOUT,
+            )?;
+            if out.success() {
+                result = Some(out.stdout);
+                break;
+            }
+            // The server may not listen yet.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let json = result.context("iperf3 client never succeeded")?;
+        let v: Value = serde_json::from_str(&json).context("iperf3 -J output")?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("no end.sum_received.bits_per_second in iperf3 output")?;
+        let retr = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+        eprintln!(
+            "[throughput] one TCP stream alpha -> bravo (eim+eim, {} binaries): {:.1} Mbit/s, {retr} retransmits",
+            std::env::var("WARREN_LAB_PROFILE").unwrap_or_else(|_| "debug".into()),
+            bps / 1e6
+        );
+        lab.proc_mut(server).stop();
+        ensure!(
+            bps >= MIN_BPS,
+            "tunnel throughput {:.1} Mbit/s is below {:.0} Mbit/s",
+            bps / 1e6,
+            MIN_BPS / 1e6
+        );
+        Ok(())
+    });
+}
