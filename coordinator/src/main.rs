@@ -9,6 +9,7 @@ mod invite;
 mod mesh;
 mod quic;
 mod registry;
+mod relay;
 mod serve;
 mod session;
 mod store;

@@ -78,6 +78,11 @@ impl Registry {
         self.nodes.get(&id).map(|n| n.candidates())
     }
 
+    /// A node's QUIC connection, if online (for relaying datagrams to it).
+    pub fn connection(&self, id: NodeId) -> Option<quinn::Connection> {
+        self.nodes.get(&id).map(|n| n.connection.clone())
+    }
+
     /// Updates what is known of an online node's addresses; false if it is not online.
     pub fn update(&self, id: NodeId, f: impl FnOnce(&mut OnlineNode)) -> bool {
         match self.nodes.get_mut(&id) {

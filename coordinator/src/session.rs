@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 use warren_proto::control::{self, CoordMessage, ErrorCode, NodeMessage, CONTROL_VERSION};
 use warren_proto::ids::{NodeId, PrivateKey, PublicKey};
 use warren_proto::proof;
@@ -325,6 +325,13 @@ async fn run(
             }
             _ = seen.tick() => {
                 let _ = mesh.with_store(move |s| s.touch(id, unix_now())).await;
+            }
+            datagram = conn.read_datagram() => {
+                // An error means the connection ended.
+                let Ok(d) = datagram else { return Ok(()) };
+                if let Err(why) = crate::relay::forward(&mesh.registry, id, &d) {
+                    trace!(node = %id, ?why, len = d.len(), "relay datagram dropped");
+                }
             }
             reason = conn.closed() => {
                 debug!(node = %id, %reason, "connection closed");

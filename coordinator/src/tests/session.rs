@@ -307,3 +307,56 @@ async fn rebinding_relogin_and_removal() {
     );
     assert_eq!(mesh.registry.online_count(), 1);
 }
+
+#[tokio::test]
+async fn relay_datagrams_reach_the_named_peer_labelled_with_the_sender() {
+    let (_d, mesh, identity) = mesh();
+    let addr = start(&mesh, &identity);
+    let secret = new_invite(&mesh, 2);
+    let (ka, kb) = (
+        PrivateKey::from_random([21; 32]),
+        PrivateKey::from_random([22; 32]),
+    );
+    let (a, wa) = join(addr, &mesh, &ka, secret, "a").await;
+    let CoordMessage::Welcome { node: na, .. } = wa else {
+        panic!("{wa:?}")
+    };
+    let (b, wb) = join(addr, &mesh, &kb, secret, "b").await;
+    let CoordMessage::Welcome { node: nb, .. } = wb else {
+        panic!("{wb:?}")
+    };
+    let next = |c: &Client| {
+        let conn = c.conn.clone();
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_datagram())
+                .await
+                .expect("a datagram within 5 s")
+                .unwrap()
+        }
+    };
+    // Junk first: too short, to an unknown node, to itself. None of it arrives anywhere, and
+    // the connection survives it.
+    a.conn.send_datagram(vec![1, 2, 3].into()).unwrap();
+    a.conn
+        .send_datagram(crate::relay::build(warren_proto::ids::NodeId(999), b"x").into())
+        .unwrap();
+    a.conn
+        .send_datagram(crate::relay::build(na.node_id, b"self").into())
+        .unwrap();
+    a.conn
+        .send_datagram(crate::relay::build(nb.node_id, b"sealed packet").into())
+        .unwrap();
+    let got = next(&b).await;
+    assert_eq!(
+        crate::relay::parse(&got),
+        Some((na.node_id, &b"sealed packet"[..])),
+        "B gets A's packet labelled with A's id"
+    );
+    let big = vec![0xAB; 1000];
+    b.conn
+        .send_datagram(crate::relay::build(na.node_id, &big).into())
+        .unwrap();
+    let got = next(&a).await;
+    assert_eq!(crate::relay::parse(&got), Some((nb.node_id, &big[..])));
+    assert_eq!(mesh.registry.online_count(), 2);
+}
