@@ -289,18 +289,42 @@ impl Lab {
     /// `GET path` on the coordinator's HTTP API via curl inside its namespace; returns
     /// `(status code, body)`. `with_token` adds the admin bearer token.
     pub fn api_get(&self, c: &Coordinator, path: &str, with_token: bool) -> Result<(u16, String)> {
+        self.api_request(c, "GET", path, None, with_token)
+    }
+
+    /// Any request on the coordinator's HTTP API (JSON `body` if given); see [`Lab::api_get`].
+    pub fn api_request(
+        &self,
+        c: &Coordinator,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        with_token: bool,
+    ) -> Result<(u16, String)> {
         let url = format!("http://{}{path}", c.http);
         let auth;
-        let mut args = vec!["curl", "-sS", "-m", "5", "-w", "\n%{http_code}"];
+        let mut args = vec![
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ];
         if with_token {
             auth = format!("Authorization: Bearer {}", c.admin_token()?);
             args.push("-H");
             args.push(&auth);
         }
+        if let Some(b) = body {
+            args.extend_from_slice(&["-H", "Content-Type: application/json", "--data", b]);
+        }
         args.push(&url);
         let out = self.exec(&c.host.ns, &args, EXEC_TIMEOUT)?;
         if !out.success() {
-            bail!("curl {url} failed: {}", out.stderr.trim());
+            bail!("curl {method} {url} failed: {}", out.stderr.trim());
         }
         let (body, code) = out
             .stdout

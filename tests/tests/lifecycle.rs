@@ -122,9 +122,25 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
             "no ping alpha -> bravo after everything restarted"
         );
 
-        // A new node can still join through the restarted coordinator and reach the others.
+        // A new node can still join through the restarted coordinator and reach the others,
+        // this time with an invite made through the HTTP API.
         let sc = lab.add_site(SiteKind::Open)?;
-        let tc = lab.invite(&coord2, &[])?;
+        let body = r#"{"uses": 1, "expires": "10m"}"#;
+        let (code, _) = lab.api_request(&coord2, "POST", "/v1/invites", Some(body), false)?;
+        ensure!(
+            code == 401,
+            "POST /v1/invites without the token answered HTTP {code}"
+        );
+        let (code, answer) = lab.api_request(&coord2, "POST", "/v1/invites", Some(body), true)?;
+        ensure!(
+            code == 201 || code == 200,
+            "POST /v1/invites: HTTP {code}: {answer}"
+        );
+        let v: Value = serde_json::from_str(&answer).context("POST /v1/invites answer")?;
+        let tc = v["token"]
+            .as_str()
+            .with_context(|| format!("no token in {answer}"))?
+            .to_string();
         let c = lab.join(&sc.hosts[0], &tc, "charlie", None)?;
         lab.wait_node_ready(&c)?;
         let t = wait_ping(lab, &c.host, p.ip_a, "new node charlie -> alpha")?;
