@@ -199,3 +199,51 @@ fn tcp_throughput_through_the_tunnel() {
         Ok(())
     });
 }
+
+#[test]
+fn removed_node_is_cut_off() {
+    Lab::run_test("remove-node", |lab| {
+        let p = pair(lab)?;
+        let (code, body) = lab.api_get(&p.coord, "/v1/peers", true)?;
+        ensure!(code == 200, "GET /v1/peers: HTTP {code}");
+        let v: Value = serde_json::from_str(&body).context("/v1/peers is not JSON")?;
+        let id = v
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"].as_str() == Some("alpha")))
+            .and_then(|p| p["id"].as_u64())
+            .with_context(|| format!("no numeric id for alpha in {body}"))?;
+        let path = format!("/v1/nodes/{id}");
+        let (code, _) = lab.api_request(&p.coord, "DELETE", &path, None, false)?;
+        ensure!(
+            code == 401,
+            "DELETE {path} without the token answered HTTP {code}"
+        );
+        let (code, body) = lab.api_request(&p.coord, "DELETE", &path, None, true)?;
+        ensure!(
+            code == 204 || code == 200,
+            "DELETE {path}: HTTP {code}: {body}"
+        );
+        let t = Instant::now();
+        // Bravo must stop talking to the removed node: its pings stop being answered.
+        wait_for(
+            "bravo to stop reaching the removed alpha",
+            RECOVER,
+            Duration::from_millis(200),
+            || Ok((!lab.ping(&p.b.host, p.ip_a, 1)?).then_some(())),
+        )?;
+        eprintln!(
+            "[remove-node] alpha cut off {:.2?} after DELETE",
+            t.elapsed()
+        );
+        ensure!(
+            !lab.ping(&p.a.host, p.ip_b, 3)?,
+            "the removed alpha still reaches bravo"
+        );
+        let (_, body) = lab.api_get(&p.coord, "/v1/peers", true)?;
+        ensure!(
+            !body.contains("\"alpha\""),
+            "/v1/peers still lists alpha: {body}"
+        );
+        Ok(())
+    });
+}
