@@ -54,7 +54,18 @@ pub fn configure(dev: &AsyncDevice, ip: MeshIp, network: MeshNetwork) -> anyhow:
         })?;
     dev.set_mtu(TUN_MTU).context("setting the TUN MTU")?;
     dev.enabled(true).context("bringing the TUN interface up")?;
+    disable_ipv6(dev);
     Ok(())
+}
+
+/// The mesh is IPv4; without this the kernel would send IPv6 router and multicast-listener
+/// chatter into the tunnel for the engine to drop. Best effort (no IPv6 in the kernel is fine).
+fn disable_ipv6(dev: &AsyncDevice) {
+    let Ok(name) = dev.name() else { return };
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if let Err(e) = std::fs::write(&path, b"1") {
+        tracing::debug!(%path, error = %e, "cannot disable IPv6 on the TUN interface");
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +88,10 @@ mod tests {
         let net: MeshNetwork = "100.99.0.0/16".parse().unwrap();
         configure(&dev, MeshIp(Ipv4Addr::new(100, 99, 0, 5)), net).unwrap();
         assert_eq!(dev.mtu().unwrap(), TUN_MTU);
+        let v6 = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+        if let Ok(flag) = std::fs::read_to_string(&v6) {
+            assert_eq!(flag.trim(), "1");
+        }
         let sys = format!("/sys/class/net/{name}");
         assert!(std::path::Path::new(&sys).exists());
         drop(dev);
