@@ -14,6 +14,7 @@ mod control;
 mod daemon;
 mod dataio;
 mod error;
+mod notify;
 mod run;
 mod socket;
 mod state;

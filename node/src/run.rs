@@ -21,6 +21,7 @@ use warren_proto::token::InviteToken;
 use crate::control::{self, CandidateSource, Coordinator, Credential, Session};
 use crate::daemon::{Daemon, Exit, Io};
 use crate::error::NodeError;
+use crate::notify;
 use crate::socket::{self, QuicInbox};
 use crate::state::{self, Pending, SavedState};
 use crate::status;
@@ -245,8 +246,10 @@ async fn run_daemon(
     let daemon = Daemon::new(dir, &saved, key, io, source).context("setting up the data socket")?;
     tracing::info!(ip = %saved.mesh_ip, network = %saved.network, tun = %saved.tun,
         port = saved.port, name = %saved.name, "ready");
+    notify::notify("READY=1");
     let exit = daemon.run(shutdown_signal()).await;
     tracing::info!(reason = ?exit, "shutting down");
+    notify::notify("STOPPING=1");
     // The daemon (and with it the control client's outbox) is dropped: the client closes the
     // connection and returns.
     let control_result = match tokio::time::timeout(CLOSE_GRACE, control_task).await {
