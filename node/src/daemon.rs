@@ -8,7 +8,6 @@
 //! decrypted packets (written by the engine into a reused buffer) to TUN in coalesced batches.
 //! Buffers are allocated once; the shell adds no per-packet allocation on the data path.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,16 +16,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use warren_proto::control::{CoordMessage, NodeMessage, PeerRecord};
+use warren_proto::control::NodeMessage;
 use warren_proto::engine::{Engine, EngineConfig, Event};
 use warren_proto::ids::{NodeId, PrivateKey};
 use warren_proto::noise::CipherSuite;
 
-use crate::control::{CandidateSource, ControlEvent, Welcome};
+use crate::book::PeerBook;
+use crate::control::{CandidateSource, ControlEvent};
 use crate::dataio::{DataIo, GsoBatch, RecvBufs};
 use crate::socket::{route, QuicInbox, Route};
 use crate::state::{self, SavedState};
-use crate::status::{peer_lines, Link, SelfStatus, StatusReport, StatusRequest};
+use crate::status::{Link, SelfStatus, StatusRequest};
 use crate::tunio::TunIo;
 
 /// TUN packets handled per wake-up before the engine's output is flushed; bounds latency and the
@@ -63,10 +63,8 @@ pub struct Daemon {
     engine: Engine,
     /// Devices and channels.
     io: Io,
-    /// The coordinator's records of the other nodes (names, online flags for status).
-    peers: HashMap<NodeId, PeerRecord>,
-    /// This node's part of the status report.
-    me: SelfStatus,
+    /// What the coordinator told us (peer records, our own status).
+    book: PeerBook,
     /// The state directory (for the peer cache).
     dir: PathBuf,
     /// Batched reads and GSO sends on the shared socket.
@@ -128,10 +126,8 @@ impl Daemon {
             coordinator: Link::Disconnected,
         };
         let mut engine = new_engine(state.node_id, key);
-        let cached: Vec<PeerRecord> = state::load_peers(dir)
-            .into_iter()
-            .filter(|p| p.node_id != state.node_id)
-            .collect();
+        let book = PeerBook::new(me, state::load_peers(dir));
+        let cached = book.records();
         if !cached.is_empty() {
             tracing::info!(peers = cached.len(), "restored the cached peer list");
             engine.set_peers(&cached, Instant::now());
@@ -143,18 +139,9 @@ impl Daemon {
             local: source.read(),
             source,
             io,
-            peers: cached.into_iter().map(|p| (p.node_id, p)).collect(),
-            me,
+            book,
             dir: dir.to_path_buf(),
         })
-    }
-
-    /// Saves the peer list for the next start.
-    fn save_peers(&self) {
-        let peers: Vec<PeerRecord> = self.peers.values().cloned().collect();
-        if let Err(e) = state::save_peers(&self.dir, &peers) {
-            tracing::warn!(error = %e, "cannot save the peer cache");
-        }
     }
 
     /// Runs until `shutdown` completes or the control client stops.
@@ -216,7 +203,7 @@ impl Daemon {
                     None => return Exit::ControlStopped,
                 },
                 Some(reply) = self.io.status_rx.recv() => {
-                    let _ = reply.send(self.report());
+                    let _ = reply.send(self.book.report(&self.engine, Instant::now()));
                 }
                 () = &mut timer => {
                     armed = None;
@@ -299,7 +286,7 @@ impl Daemon {
                     }
                 }
                 Event::PathChanged { peer, path } => {
-                    let name = self.peers.get(&peer).map_or("?", |p| p.name.as_str());
+                    let name = self.book.name(peer);
                     tracing::info!(%peer, name, ?path, "path changed");
                 }
             }
@@ -314,82 +301,21 @@ impl Daemon {
         self.batch.clear();
     }
 
-    /// A control client event.
+    /// A control client event; peer list changes are saved for the next start.
     fn on_control(&mut self, ev: ControlEvent) {
         let now = Instant::now();
-        match ev {
-            ControlEvent::Welcome(w) => self.on_welcome(w, now),
+        let changed = match ev {
+            ControlEvent::Welcome(w) => self.book.on_welcome(&mut self.engine, w, now),
             ControlEvent::Disconnected => {
-                self.me.coordinator = Link::Disconnected;
-                tracing::warn!("disconnected from the coordinator; tunnels stay up");
+                self.book.disconnected();
+                false
             }
-            ControlEvent::Message(msg) => self.on_message(msg, now),
-        }
-    }
-
-    /// A fresh session's full peer list.
-    fn on_welcome(&mut self, w: Welcome, now: Instant) {
-        self.me.coordinator = Link::Connected;
-        let reflexive = Some(w.reflexive.to_string());
-        let moved = self.me.reflexive.is_some() && self.me.reflexive != reflexive;
-        self.me.reflexive = reflexive;
-        if w.node.mesh_ip != self.me.ip {
-            tracing::warn!(saved = %self.me.ip, assigned = %w.node.mesh_ip,
-                "coordinator reports a different mesh address than the saved one");
-        }
-        self.me.name = w.node.name.clone();
-        let others: Vec<PeerRecord> = w
-            .peers
-            .into_iter()
-            .filter(|p| p.node_id != self.me.node_id)
-            .collect();
-        self.engine.set_peers(&others, now);
-        if moved {
-            tracing::info!(reflexive = %w.reflexive, "this node's public address changed");
-            self.engine.network_changed(now);
-        }
-        self.peers = others.into_iter().map(|p| (p.node_id, p)).collect();
-        self.save_peers();
-        tracing::info!(peers = self.peers.len(), reflexive = %w.reflexive, "peer list received");
-    }
-
-    /// A coordinator message after the Welcome.
-    fn on_message(&mut self, msg: CoordMessage, now: Instant) {
-        match msg {
-            CoordMessage::PeerUpsert { peer } if peer.node_id != self.me.node_id => {
-                tracing::debug!(peer = %peer.node_id, name = %peer.name, online = peer.online, "peer update");
-                self.engine.upsert_peer(&peer, now);
-                self.peers.insert(peer.node_id, peer);
-                self.save_peers();
+            ControlEvent::Message(msg) => self.book.on_message(&mut self.engine, msg, now),
+        };
+        if changed {
+            if let Err(e) = state::save_peers(&self.dir, &self.book.records()) {
+                tracing::warn!(error = %e, "cannot save the peer cache");
             }
-            CoordMessage::PeerRemoved { node_id } => {
-                tracing::info!(peer = %node_id, "peer removed");
-                self.engine.remove_peer(node_id);
-                self.peers.remove(&node_id);
-                self.save_peers();
-            }
-            CoordMessage::Punch { peer, candidates } => {
-                tracing::debug!(%peer, ?candidates, "punch order");
-                self.engine.handle_punch(peer, &candidates, now);
-            }
-            CoordMessage::Reflexive { addr } => {
-                let addr = Some(addr.to_string());
-                if self.me.reflexive != addr {
-                    tracing::info!(reflexive = ?addr, "this node's public address changed");
-                    self.me.reflexive = addr;
-                    self.engine.network_changed(now);
-                }
-            }
-            other => tracing::debug!(?other, "ignored coordinator message"),
-        }
-    }
-
-    /// The current status report.
-    fn report(&self) -> StatusReport {
-        let engine = self.engine.peer_status(Instant::now());
-        StatusReport {
-            me: self.me.clone(),
-            peers: peer_lines(self.peers.values(), &engine),
         }
     }
 }
