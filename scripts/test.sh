@@ -11,4 +11,4 @@ if [ "$(id -u)" != 0 ]; then
 fi
 cargo build --workspace --bins
 # One test at a time: lab tests are heavy (real daemons on 2 cores) and timing-sensitive.
-cargo test --workspace -- --test-threads=1 "$@"
+cargo test --workspace --no-fail-fast -- --test-threads=1 "$@"
