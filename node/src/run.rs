@@ -82,7 +82,9 @@ fn hostname() -> String {
     // SAFETY: `buf` is valid for writes of its length; gethostname NUL-terminates on success.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..end]) {
+    // A fully qualified host name is shortened to its first label ("laptop.example.com" is
+    // "laptop" in the mesh).
+    match std::str::from_utf8(&buf[..end]).map(|s| s.split('.').next().unwrap_or_default()) {
         Ok(s) if rc == 0 && !s.is_empty() => s.to_string(),
         _ => "node".to_string(),
     }
