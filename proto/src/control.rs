@@ -242,6 +242,7 @@ pub fn decode_frame<'a, T: Deserialize<'a>>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::net::Ipv4Addr;
 

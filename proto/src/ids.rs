@@ -235,6 +235,7 @@ pub struct SessionIndex(pub u32);
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

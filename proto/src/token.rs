@@ -254,6 +254,7 @@ impl FromStr for InviteToken {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn sample() -> InviteToken {
