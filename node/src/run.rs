@@ -106,10 +106,11 @@ fn bind_socket(port: u16) -> anyhow::Result<Arc<UdpSocket>> {
     socket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
+/// Resolves when SIGINT, SIGTERM or SIGHUP (terminal closed) arrives.
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let wait = |kind: SignalKind| async move {
+        match signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
             }
@@ -117,8 +118,9 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+        () = wait(SignalKind::interrupt()) => {}
+        () = wait(SignalKind::terminate()) => {}
+        () = wait(SignalKind::hangup()) => {}
     }
 }
 
