@@ -281,3 +281,80 @@ fn garbage_datagrams_get_no_reply_and_do_no_harm() {
         Ok(())
     });
 }
+
+#[test]
+fn bad_flags_get_one_line_errors() {
+    Lab::run_test("bad-flags", |lab| {
+        let bins = lab.bins()?;
+        let warren = bins.warren.display().to_string();
+        let coordinator = bins.coordinator.display().to_string();
+        let scratch = lab.dir().join("no-such-dir").display().to_string();
+        let host = lab.coordinator_host.clone();
+        let cases: Vec<(&str, Vec<&str>, &[&str])> = vec![
+            (
+                "join-bogus-flag",
+                vec![&warren, "join", "warren1-x", "--bogus"],
+                &["bogus"],
+            ),
+            (
+                "join-bad-port",
+                vec![&warren, "join", "warren1-x", "--port", "99999"],
+                &["port"],
+            ),
+            (
+                "serve-bogus-flag",
+                vec![&coordinator, "serve", "--bogus"],
+                &["bogus"],
+            ),
+            (
+                "invite-bad-expiry",
+                vec![
+                    &coordinator,
+                    "invite",
+                    "create",
+                    "--data-dir",
+                    &scratch,
+                    "--expires",
+                    "banana",
+                ],
+                &["expires", "banana"],
+            ),
+            (
+                "status-no-daemon",
+                vec![&warren, "status", "--state-dir", &scratch],
+                &["daemon", "running"],
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (label, args, words) in cases {
+            let mut full = vec!["env", "-u", "RUST_LOG"];
+            full.extend_from_slice(&args);
+            let out = lab.exec(&host.ns, &full, CLI_TIMEOUT)?;
+            let err = out.stderr.trim();
+            let lines = err.lines().filter(|l| !l.trim().is_empty()).count();
+            eprintln!(
+                "[{label}] exit {} ({lines} stderr lines): {err}",
+                out.code()
+            );
+            if out.success() || out.code() < 0 {
+                failures.push(format!("{label}: exit {}", out.code()));
+            } else if err.contains("panicked") || lines != 1 {
+                failures.push(format!(
+                    "{label}: expected a one-line error, got {lines} lines: {err:?}"
+                ));
+            } else if let Err(e) = names_problem(label, err, words) {
+                failures.push(format!("{e:#}"));
+            }
+        }
+        ensure!(
+            !std::path::Path::new(&scratch).exists(),
+            "a failed command created {scratch}"
+        );
+        ensure!(
+            failures.is_empty(),
+            "bad flags not handled per contract:\n{}",
+            failures.join("\n")
+        );
+        Ok(())
+    });
+}
