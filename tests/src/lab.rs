@@ -243,6 +243,34 @@ impl Lab {
         Ok(site)
     }
 
+    /// Moves a NAT site's router to a new WAN address (the ISP renumbered it): the old
+    /// address goes away, and with it the router's NAT mappings, so every flow of the site's
+    /// nodes reappears from `new_ip` (DESIGN.md section 2, roaming). Returns the site's hosts
+    /// with their new public address.
+    pub fn renumber_site(&mut self, site: &Site, new_ip: Ipv4Addr) -> Result<Vec<Host>> {
+        let router = site
+            .router
+            .as_deref()
+            .context("an open site has no router to renumber")?;
+        let old = Ipv4Addr::new(198, 51, 100, 20 + site.index as u8);
+        // Without promotion, deleting the primary address also deletes the new one (a
+        // secondary in the same subnet).
+        netns::sysctl(router, "net.ipv4.conf.wan.promote_secondaries", "1")?;
+        netns::addr(router, "wan", &format!("{new_ip}/{PREFIX_LEN}"))?;
+        netns::ip_in(
+            router,
+            &["addr", "del", &format!("{old}/{PREFIX_LEN}"), "dev", "wan"],
+        )?;
+        Ok(site
+            .hosts
+            .iter()
+            .map(|h| Host {
+                public_ip: new_ip,
+                ..h.clone()
+            })
+            .collect())
+    }
+
     /// Starts a long-running process in `ns`; returns its handle index for [`Lab::proc`].
     pub fn spawn(
         &mut self,

@@ -247,3 +247,82 @@ fn removed_node_is_cut_off() {
         Ok(())
     });
 }
+
+#[test]
+fn node_behind_renumbered_nat_roams() {
+    Lab::run_test("roaming", |lab| {
+        let coord = lab.start_coordinator()?;
+        let sa = lab.add_site(SiteKind::Eim)?;
+        let sb = lab.add_site(SiteKind::Eim)?;
+        let ta = lab.invite(&coord, &[])?;
+        let tb = lab.invite(&coord, &[])?;
+        let a = lab.join(&sa.hosts[0], &ta, "alpha", None)?;
+        let b = lab.join(&sb.hosts[0], &tb, "bravo", None)?;
+        let ip_a = lab.wait_node_ready(&a)?;
+        let ip_b = lab.wait_node_ready(&b)?;
+        wait_ping(lab, &a.host, ip_b, "alpha -> bravo")?;
+
+        let new_ip = Ipv4Addr::new(198, 51, 100, 77);
+        lab.renumber_site(&sa, new_ip)?;
+        eprintln!(
+            "[roaming] alpha's router moved from {} to {new_ip}",
+            sa.hosts[0].public_ip
+        );
+        let t = wait_ping(
+            lab,
+            &a.host,
+            ip_b,
+            "alpha -> bravo after alpha's NAT renumbered",
+        )?;
+        let t2 = wait_ping(
+            lab,
+            &b.host,
+            ip_a,
+            "bravo -> alpha after alpha's NAT renumbered",
+        )?;
+        eprintln!("[roaming] mesh ping after renumbering: alpha->bravo {t:.2?}, then bravo->alpha {t2:.2?}");
+        let t0 = Instant::now();
+        wait_for(
+            "bravo to reach alpha directly at its new address",
+            RECOVER,
+            Duration::from_millis(250),
+            || {
+                let st = lab
+                    .peer_status(&b, "alpha")?
+                    .context("bravo does not list alpha")?;
+                let at_new = st
+                    .endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(&format!("{new_ip}:")));
+                if st.path == "direct" && at_new {
+                    return Ok(Some(()));
+                }
+                bail!("bravo sees alpha {} via {:?}", st.path, st.endpoint)
+            },
+        )?;
+        eprintln!(
+            "[roaming] bravo direct to alpha's new address {:.2?} later",
+            t0.elapsed()
+        );
+        // The coordinator knows the new address too (its view of alpha's endpoints).
+        wait_for(
+            "the coordinator to list alpha's new address",
+            RECOVER,
+            Duration::from_millis(250),
+            || {
+                let (_, body) = lab.api_get(&coord, "/v1/peers", true)?;
+                let v: Value = serde_json::from_str(&body)?;
+                let eps = v
+                    .as_array()
+                    .and_then(|ps| ps.iter().find(|p| p["name"].as_str() == Some("alpha")))
+                    .map(|p| p["endpoints"].to_string())
+                    .unwrap_or_default();
+                if eps.contains(&new_ip.to_string()) {
+                    return Ok(Some(()));
+                }
+                bail!("alpha's endpoints in /v1/peers: {eps}")
+            },
+        )?;
+        Ok(())
+    });
+}

@@ -104,6 +104,16 @@ fn lab_routers_behave_as_their_kind() {
             "eim: unsolicited packet from a stranger got through"
         );
 
+        // Renumbering the router: the same socket's traffic now comes from the new address.
+        let renumbered = Ipv4Addr::new(198, 51, 100, 77);
+        lab.renumber_site(&eim, renumbered)?;
+        let a3 = seen_from(&node, &server1, s1, b"eim-renumbered")?
+            .context("eim: nothing arrived after renumbering")?;
+        ensure!(
+            a3.ip() == ip4(renumbered),
+            "after renumbering the source is {a3}"
+        );
+
         // sym: a new random port per destination.
         let y = &sym.hosts[0];
         let node = sock(&y.ns, y.ip, 40002)?;
