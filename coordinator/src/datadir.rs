@@ -33,7 +33,8 @@ pub struct Identity {
 pub struct DataDir {
     /// Its path.
     pub path: PathBuf,
-    /// Whether this call created the directory's identity (first start).
+    /// Whether this call created the directory's identity (certificate and key).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub first_start: bool,
 }
 

@@ -17,6 +17,8 @@ use crate::store::Store;
 
 /// Meta key of the mesh network, fixed once nodes exist.
 const META_NETWORK: &str = "network";
+/// Meta key recording when the first-start join command was printed (Unix seconds).
+const META_BOOTSTRAPPED: &str = "bootstrapped_at";
 
 /// Arguments of `serve`.
 #[derive(clap::Args)]
@@ -46,11 +48,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let admin_token = dir.admin_token()?;
     let store: Arc<dyn Store> = Arc::new(dir.store()?);
     let network = settle_network(store.as_ref(), args.network)?;
-    let public_addr = match args.public_addr {
-        Some(a) => a,
-        None => guess_public_addr(args.listen)?,
-    };
-    store.set_meta(META_PUBLIC_ADDR, &public_addr.to_string())?;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -58,6 +55,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let http = tokio::net::TcpListener::bind(args.http)
             .await
             .with_context(|| format!("binding HTTP {}", args.http))?;
+        // The bound addresses, so that port 0 ("any free port") is reported as the real port.
+        let listen = endpoint.local_addr().context("reading the QUIC address")?;
+        let http_addr = http.local_addr().context("reading the HTTP address")?;
+        let public_addr = match args.public_addr {
+            Some(a) => a,
+            None => guess_public_addr(listen)?,
+        };
+        store.set_meta(META_PUBLIC_ADDR, &public_addr.to_string())?;
         let mesh = Arc::new(Mesh::new(
             store.clone(),
             network,
@@ -65,8 +70,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
             identity.fingerprint,
             admin_token,
         ));
-        info!(quic = %args.listen, http = %args.http, public = %public_addr, %network, "coordinator listening");
-        if dir.first_start {
+        info!(quic = %listen, http = %http_addr, public = %public_addr, %network, "coordinator listening");
+        // Printed once per data directory, after the first start that got this far (a first start
+        // that failed to bind does not use it up).
+        if store.meta(META_BOOTSTRAPPED)?.is_none() {
             let token = invite::create(
                 store.as_ref(),
                 public_addr.clone(),
@@ -79,6 +86,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             println!("Admin API token: {}/admin.token", dir.path.display());
             println!("Join a first node with:\n\n    warren join {token}\n");
             println!("More invites: warren-coordinator invite create --data-dir {}", dir.path.display());
+            store.set_meta(META_BOOTSTRAPPED, &invite::unix_now().to_string())?;
         }
         let accept = tokio::spawn(crate::quic::accept_loop(endpoint.clone(), mesh.clone()));
         let api = axum::serve(http, crate::http::app(mesh))
