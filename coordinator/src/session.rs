@@ -360,8 +360,15 @@ fn handle(mesh: &Arc<Mesh>, row: &NodeRow, msg: NodeMessage) -> Result<()> {
                 .filter(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast())
                 .take(MAX_LOCAL_CANDIDATES)
                 .collect();
-            mesh.registry.update(id, |n| n.local = local);
-            announce(mesh, row);
+            let mut changed = false;
+            mesh.registry.update(id, |n| {
+                changed = n.local != local;
+                n.local = local;
+            });
+            // Nodes re-send their candidates periodically; only news is broadcast.
+            if changed {
+                announce(mesh, row);
+            }
         }
         NodeMessage::PunchRequest { peer } => broker_punch(mesh, id, peer),
         NodeMessage::Hello { .. } | NodeMessage::Join { .. } | NodeMessage::Login { .. } => {
