@@ -26,6 +26,10 @@ const REFLEXIVE_CHECK: Duration = Duration::from_secs(1);
 const LAST_SEEN_EVERY: Duration = Duration::from_secs(60);
 /// Most local candidates a node may report.
 const MAX_LOCAL_CANDIDATES: usize = 16;
+/// Punch requests brokered per node per second; more are ignored. Nodes space requests per
+/// peer (proto `engine::peer`), so this only bites a node asking for very many peers at once
+/// or misbehaving.
+const MAX_PUNCHES_PER_SEC: u32 = 64;
 /// Longest node name accepted (longer ones are cut).
 const MAX_NAME: usize = 63;
 
@@ -305,12 +309,13 @@ async fn run(
     let mut reflexive = conn.remote_address();
     let mut check = tokio::time::interval(REFLEXIVE_CHECK);
     let mut seen = tokio::time::interval(LAST_SEEN_EVERY);
+    let mut punches = PunchBudget::default();
     loop {
         tokio::select! {
             frame = read_frame(&mut recv) => {
                 match frame? {
                     None => return Ok(()),
-                    Some(msg) => handle(mesh, row, msg)?,
+                    Some(msg) => handle(mesh, row, msg, &mut punches)?,
                 }
             }
             _ = check.tick() => {
@@ -351,7 +356,38 @@ fn announce(mesh: &Mesh, row: &NodeRow) {
     );
 }
 
-fn handle(mesh: &Arc<Mesh>, row: &NodeRow, msg: NodeMessage) -> Result<()> {
+/// Caps how many punch requests one node may have brokered per second, so that a buggy or
+/// hostile node cannot make the coordinator flood its peers with `Punch` orders.
+#[derive(Default)]
+struct PunchBudget {
+    /// Start of the current one-second window.
+    window: Option<tokio::time::Instant>,
+    /// Requests brokered in it.
+    used: u32,
+}
+
+impl PunchBudget {
+    /// True if one more request may be brokered now.
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= MAX_PUNCHES_PER_SEC
+    }
+}
+
+fn handle(
+    mesh: &Arc<Mesh>,
+    row: &NodeRow,
+    msg: NodeMessage,
+    punches: &mut PunchBudget,
+) -> Result<()> {
     let id = row.id;
     match msg {
         NodeMessage::Candidates { local } => {
@@ -370,7 +406,13 @@ fn handle(mesh: &Arc<Mesh>, row: &NodeRow, msg: NodeMessage) -> Result<()> {
                 announce(mesh, row);
             }
         }
-        NodeMessage::PunchRequest { peer } => broker_punch(mesh, id, peer),
+        NodeMessage::PunchRequest { peer } => {
+            if punches.take() {
+                broker_punch(mesh, id, peer);
+            } else {
+                debug!(node = %id, %peer, "punch request over budget ignored");
+            }
+        }
         NodeMessage::Hello { .. } | NodeMessage::Join { .. } | NodeMessage::Login { .. } => {
             bail!("unexpected login message after login")
         }
@@ -407,7 +449,16 @@ fn broker_punch(mesh: &Mesh, a: NodeId, b: NodeId) {
 
 #[cfg(test)]
 mod tests {
-    use super::clean_name;
+    use super::{clean_name, PunchBudget, MAX_PUNCHES_PER_SEC};
+
+    #[test]
+    fn punch_budget_caps_a_second_then_refills() {
+        let mut b = PunchBudget::default();
+        let granted = (0..MAX_PUNCHES_PER_SEC * 2).filter(|_| b.take()).count();
+        assert_eq!(granted, MAX_PUNCHES_PER_SEC as usize);
+        std::thread::sleep(std::time::Duration::from_millis(1050));
+        assert!(b.take());
+    }
 
     #[test]
     fn names_are_cleaned() {
