@@ -21,16 +21,21 @@ pub enum SiteKind {
     UdpBlock,
     /// Two nodes on the same LAN behind one `eim` router.
     Lan,
+    /// `eim` without the input-hook drop: the conntrack trap of DESIGN.md section 4. A peer's
+    /// probe that arrives before our own outbound packet gets a confirmed conntrack entry, and
+    /// masquerade then maps our flow to that peer to a different (random) port.
+    EimTrap,
 }
 
 impl SiteKind {
     /// All kinds, in documentation order.
-    pub const ALL: [SiteKind; 5] = [
+    pub const ALL: [SiteKind; 6] = [
         SiteKind::Open,
         SiteKind::Eim,
         SiteKind::Sym,
         SiteKind::UdpBlock,
         SiteKind::Lan,
+        SiteKind::EimTrap,
     ];
 
     /// How many node namespaces a site of this kind has.
@@ -45,9 +50,16 @@ impl SiteKind {
     pub fn ruleset(self) -> Option<String> {
         let (masq, lan_udp) = match self {
             SiteKind::Open => return None,
-            SiteKind::Eim | SiteKind::Lan => ("masquerade", ""),
+            SiteKind::Eim | SiteKind::Lan | SiteKind::EimTrap => ("masquerade", ""),
             SiteKind::Sym => ("masquerade random", ""),
             SiteKind::UdpBlock => ("masquerade", "iifname \"lan\" meta l4proto udp drop\n"),
+        };
+        let input_drop = if self == SiteKind::EimTrap {
+            "# No input drop: the conntrack trap (see SiteKind::EimTrap).\n"
+        } else {
+            "# Unsolicited inbound dies here, before conntrack confirms an entry for it (otherwise
+    # masquerade would later avoid that port: see DESIGN.md section 4).
+    iifname \"wan\" ct state new drop\n"
         };
         Some(format!(
             "flush ruleset
@@ -65,10 +77,7 @@ table ip filter {{
   }}
   chain input {{
     type filter hook input priority filter; policy accept;
-    # Unsolicited inbound dies here, before conntrack confirms an entry for it (otherwise
-    # masquerade would later avoid that port: see DESIGN.md section 4).
-    iifname \"wan\" ct state new drop
-  }}
+    {input_drop}  }}
 }}
 "
         ))
@@ -83,6 +92,7 @@ impl fmt::Display for SiteKind {
             SiteKind::Sym => "sym",
             SiteKind::UdpBlock => "udpblock",
             SiteKind::Lan => "lan",
+            SiteKind::EimTrap => "eim-trap",
         })
     }
 }
@@ -95,7 +105,7 @@ impl FromStr for SiteKind {
                 return Ok(k);
             }
         }
-        bail!("unknown site kind {s:?} (one of open, eim, sym, udpblock, lan)")
+        bail!("unknown site kind {s:?} (one of open, eim, sym, udpblock, lan, eim-trap)")
     }
 }
 
@@ -113,9 +123,10 @@ mod tests {
         assert!(sym.contains("masquerade random"));
         let block = SiteKind::UdpBlock.ruleset().unwrap_or_default();
         assert!(block.contains("meta l4proto udp drop"));
-        assert!(!SiteKind::Eim
-            .ruleset()
-            .unwrap_or_default()
-            .contains("random"));
+        let eim = SiteKind::Eim.ruleset().unwrap_or_default();
+        assert!(!eim.contains("random"));
+        assert!(eim.contains("ct state new drop"));
+        let trap = SiteKind::EimTrap.ruleset().unwrap_or_default();
+        assert!(!trap.contains("ct state new drop"));
     }
 }

@@ -13,7 +13,6 @@ use anyhow::{bail, ensure, Context, Result};
 use warren_lab::netns::udp_socket_in;
 use warren_lab::warren::{CLI_TIMEOUT, QUIC_PORT};
 use warren_lab::{Host, Lab, SiteKind, COORDINATOR_IP, SPARE_IP};
-use warren_proto::token::{CoordinatorAddr, InviteToken};
 
 /// How long to listen for a (forbidden) reply to garbage.
 const REPLY_WAIT: Duration = Duration::from_millis(1500);
@@ -103,8 +102,9 @@ fn malformed_tokens_are_refused() {
             let msg = failed_join(lab, &host, token, label)?;
             names_problem(label, &msg, &["token"])?;
         }
-        // A well-formed token with one character changed: the checksum catches it.
-        let good = well_formed_token();
+        // A real token with one character changed: the checksum catches it.
+        let coord = lab.start_coordinator()?;
+        let good = lab.invite(&coord, &[])?;
         let mut typo: Vec<char> = good.chars().collect();
         let i = typo.len() / 2;
         typo[i] = if typo[i] == 'A' { 'B' } else { 'A' };
@@ -115,22 +115,16 @@ fn malformed_tokens_are_refused() {
     });
 }
 
-/// A syntactically valid token for a coordinator at the lab's coordinator address (which
-/// nobody may be serving).
-fn well_formed_token() -> String {
-    InviteToken {
-        addrs: vec![CoordinatorAddr::Ip(COORDINATOR_IP.into(), QUIC_PORT)],
-        fingerprint: [7; 32],
-        secret: [9; 32],
-    }
-    .to_string()
-}
-
 #[test]
 fn unreachable_coordinator_is_reported() {
     Lab::run_test("unreachable-coordinator", |lab| {
+        // A real token whose coordinator address leads nowhere: a coordinator that tells its
+        // invites to use an address where nothing answers.
+        let nowhere = SocketAddr::from((SPARE_IP, QUIC_PORT));
+        let coord = lab.start_coordinator_with("coordinator", QUIC_PORT, 7480, nowhere)?;
+        let token = lab.invite(&coord, &[])?;
         let site = lab.add_site(SiteKind::Eim)?;
-        let msg = failed_join(lab, &site.hosts[0], &well_formed_token(), "unreachable")?;
+        let msg = failed_join(lab, &site.hosts[0], &token, "unreachable")?;
         names_problem(
             "unreachable",
             &msg,

@@ -52,6 +52,20 @@ fn pair_lan_lan_goes_direct_over_the_lan() {
     pair("pair-lan-lan", SiteKind::Lan, SiteKind::Lan, Expect::Direct);
 }
 
+/// The conntrack trap (DESIGN.md section 4) on one side: when the open node's probe reaches
+/// the router first, the trapped node's flow to it leaves from a random port, which only a
+/// node that keeps probing and learns peer-reflexive addresses gets past. (Trap on both
+/// sides, or trap + `eim`, behaves like `sym`: only relay helps there.)
+#[test]
+fn pair_eim_trap_open_goes_direct() {
+    pair(
+        "pair-eimtrap-open",
+        SiteKind::EimTrap,
+        SiteKind::Open,
+        Expect::Direct,
+    );
+}
+
 #[test]
 fn pair_sym_sym_falls_back_to_relay() {
     pair("pair-sym-sym", SiteKind::Sym, SiteKind::Sym, Expect::Relay);
@@ -71,8 +85,15 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
         };
         let ta = lab.invite(&coord, &[])?;
         let tb = lab.invite(&coord, &[])?;
-        let a = lab.join(&ha, &ta, "alpha", None)?;
-        let b = lab.join(&hb, &tb, "bravo", None)?;
+        let trap = kind_a == SiteKind::EimTrap;
+        let (port_a, port_b) = if trap {
+            spring_trap(&hb, ha.public_ip)?;
+            (Some(TRAP_PORT_A), Some(TRAP_PORT_B))
+        } else {
+            (None, None)
+        };
+        let a = lab.join(&ha, &ta, "alpha", port_a)?;
+        let b = lab.join(&hb, &tb, "bravo", port_b)?;
         let ip_a = lab.wait_node_ready(&a)?;
         let ip_b = lab.wait_node_ready(&b)?;
         eprintln!(
@@ -96,10 +117,14 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
         );
         ensure!(lab.ping(&hb, ip_a, 3)?, "ping -c 3 bravo -> alpha failed");
 
-        // Both sides on a direct path, each at the other's expected address.
+        // Both sides on the expected path (direct: each at the other's expected address).
+        let want = match expect {
+            Expect::Direct => "direct",
+            Expect::Relay => "relay",
+        };
         let t0 = Instant::now();
         wait_for(
-            "both sides to report a direct path",
+            &format!("both sides to report a {want} path"),
             DIRECT,
             Duration::from_millis(250),
             || {
@@ -109,7 +134,7 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
                 let pb = lab
                     .peer_status(&b, "alpha")?
                     .context("bravo does not list alpha")?;
-                if pa.path == "direct" && pb.path == "direct" {
+                if pa.path == want && pb.path == want {
                     return Ok(Some(()));
                 }
                 bail!(
@@ -122,11 +147,23 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
             },
         )?;
         eprintln!(
-            "[{test}] direct on both sides {:.2?} after the first ping",
+            "[{test}] {want} on both sides {:.2?} after the first ping",
             t0.elapsed()
         );
-        check_endpoint(lab, &a, "bravo", &hb)?;
-        check_endpoint(lab, &b, "alpha", &ha)?;
+        if expect == Expect::Direct {
+            check_endpoint(lab, &a, "bravo", &hb)?;
+            check_endpoint(lab, &b, "alpha", &ha)?;
+        }
+        if trap {
+            // The trap really fired: alpha's working mapping is not its preserved port.
+            let st = lab.peer_status(&b, "alpha")?.context("bravo lost alpha")?;
+            let ep = st.endpoint.unwrap_or_default();
+            ensure!(
+                !ep.ends_with(&format!(":{TRAP_PORT_A}")),
+                "the trap did not fire (alpha reached at {ep}): the test proves nothing"
+            );
+            eprintln!("[{test}] trap fired: alpha's flow to bravo was remapped to {ep}");
+        }
 
         // Bulk traffic must not touch the coordinator.
         let co_ns = lab.coordinator_host.ns.clone();
@@ -291,4 +328,22 @@ fn bulk_ping(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<u32> {
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("cannot read ping summary: {}{}", out.stdout, out.stderr))?;
     Ok(received)
+}
+
+/// UDP port of the trapped node (`--port`; its router preserves it unless trapped).
+const TRAP_PORT_A: u16 = 40000;
+/// UDP port of the open node in the trap test.
+const TRAP_PORT_B: u16 = 51820;
+
+/// Springs the trap before the nodes start: a datagram from the open node's future address
+/// and port to the trapped node's future public mapping. The router has no input drop, so
+/// conntrack confirms that flow, and the trapped node's own flow to the open node must later
+/// be mapped to another port (UDP conntrack entries live 30 s; the test is faster).
+fn spring_trap(hb: &Host, a_public: Ipv4Addr) -> Result<()> {
+    let sock =
+        warren_lab::netns::udp_socket_in(&hb.ns, std::net::SocketAddr::from((hb.ip, TRAP_PORT_B)))?;
+    for _ in 0..3 {
+        sock.send_to(b"early probe", (a_public, TRAP_PORT_A))?;
+    }
+    Ok(())
 }
