@@ -206,6 +206,15 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
             u64::from(replies) * u64::from(PING_SIZE)
         );
 
+        // Secrets on disk are private: the admin token, and everything in the state dirs
+        // (the node's static key among them).
+        check_private(&coord.data_dir.join("admin.token"))?;
+        for node in [&a, &b] {
+            for entry in std::fs::read_dir(&node.state_dir)? {
+                check_private(&entry?.path())?;
+            }
+        }
+
         // The HTTP API lists both, online, and refuses requests without the admin token.
         let (code, body) = lab.api_get(&coord, "/v1/peers", true)?;
         ensure!(
@@ -345,5 +354,21 @@ fn spring_trap(hb: &Host, a_public: Ipv4Addr) -> Result<()> {
     for _ in 0..3 {
         sock.send_to(b"early probe", (a_public, TRAP_PORT_A))?;
     }
+    Ok(())
+}
+
+/// Fails unless `path` is inaccessible to group and others.
+fn check_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::symlink_metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .permissions()
+        .mode();
+    ensure!(
+        mode & 0o077 == 0,
+        "{} has mode {:o}: group/others can access it",
+        path.display(),
+        mode & 0o777
+    );
     Ok(())
 }
