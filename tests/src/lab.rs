@@ -87,6 +87,9 @@ pub struct Lab {
     bins: Option<Bins>,
     /// Whether the failure report was printed already (printed once).
     reported: bool,
+    /// Node daemons started so far, `(label, namespace, state dir)`: their `warren status`
+    /// goes into failure reports.
+    status_targets: Vec<(String, String, PathBuf)>,
 }
 
 impl Lab {
@@ -121,6 +124,7 @@ impl Lab {
             keep_dir: std::env::var_os("WARREN_LAB_KEEP").is_some(),
             bins: None,
             reported: false,
+            status_targets: Vec::new(),
         };
         let inet = lab.inet.clone();
         lab.add_ns(&inet)?;
@@ -338,6 +342,28 @@ impl Lab {
                 p.stderr_tail()
             );
         }
+        let Some(bins) = self.bins.clone() else {
+            return;
+        };
+        let warren = bins.warren.display().to_string();
+        for (label, ns, state) in &self.status_targets {
+            let state = state.display().to_string();
+            let shown = match self.exec(
+                ns,
+                &[&warren, "status", "--state-dir", &state],
+                Duration::from_secs(5),
+            ) {
+                Ok(out) => format!("{}{}", out.stdout, out.stderr),
+                Err(e) => format!("{e:#}"),
+            };
+            eprintln!("\n[lab] ----- warren status of {label} -----\n{shown}");
+        }
+    }
+
+    /// Registers a node daemon so failure reports include its `warren status`.
+    pub fn watch_status(&mut self, label: &str, ns: &str, state_dir: &Path) {
+        self.status_targets
+            .push((label.to_string(), ns.to_string(), state_dir.to_path_buf()));
     }
 
     /// Runs a test body in a fresh lab; on error prints the logs and panics with the error

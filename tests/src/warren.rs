@@ -204,6 +204,7 @@ impl Lab {
             args.push(p.to_string());
         }
         let proc = self.spawn(&format!("node-{name}"), &host.ns, &bins.warren, &args)?;
+        self.watch_status(name, &host.ns, &state_dir);
         let started = self.proc(proc).started;
         Ok(Node {
             name: name.to_string(),
@@ -225,6 +226,7 @@ impl Lab {
             node.state_dir.display().to_string(),
         ];
         let proc = self.spawn(label, &node.host.ns, &bins.warren, &args)?;
+        self.watch_status(label, &node.host.ns, &node.state_dir);
         let started = self.proc(proc).started;
         Ok(Node {
             proc,
