@@ -94,6 +94,9 @@ pub enum ControlEvent {
     Welcome(Welcome),
     /// A coordinator message after the Welcome.
     Message(CoordMessage),
+    /// The session's QUIC connection, sent right after its Welcome: relay datagrams travel on
+    /// it (DESIGN.md section 2.5).
+    Relay(quinn::Connection),
     /// The session dropped; reconnecting.
     Disconnected,
 }
@@ -377,6 +380,13 @@ pub async fn supervise(
                 tracing::info!(ip = %session.welcome.node.mesh_ip, "connected to the coordinator");
                 if events
                     .send(ControlEvent::Welcome(session.welcome.clone()))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                if events
+                    .send(ControlEvent::Relay(session.conn.clone()))
                     .await
                     .is_err()
                 {

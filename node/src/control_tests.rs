@@ -169,6 +169,11 @@ async fn join_then_supervise_forwards_messages() {
         out_rx,
     ));
     assert!(matches!(ev_rx.recv().await, Some(ControlEvent::Welcome(_))));
+    // The connection for relay datagrams follows the Welcome.
+    match ev_rx.recv().await {
+        Some(ControlEvent::Relay(conn)) => assert!(conn.max_datagram_size().is_some()),
+        other => panic!("unexpected {other:?}"),
+    }
     match ev_rx.recv().await {
         Some(ControlEvent::Message(CoordMessage::PeerUpsert { peer })) => {
             assert_eq!(peer, record(3))

@@ -3,9 +3,11 @@
 //! Inputs, in one `tokio::select!`: batches of datagrams from the shared UDP socket (`recvmmsg` +
 //! GRO, see `dataio`; QUIC ones are passed to quinn, the rest go to the engine), IP packets from
 //! TUN (split from offloaded super-packets, see `tunio`), coordinator messages from the control
-//! client, the engine's timer, status requests and shutdown. After each input the engine's
-//! output is drained: datagrams to the socket as GSO runs, events to the control client, and
-//! decrypted packets (written by the engine into a reused buffer) to TUN in coalesced batches.
+//! client, relay datagrams from the control connection, the engine's timer, status requests and
+//! shutdown. After each input the engine's output is drained: datagrams to the socket as GSO
+//! runs, relay datagrams to the control connection as QUIC DATAGRAM frames, events to the
+//! control client, and decrypted packets (written by the engine into a reused buffer) to TUN in
+//! coalesced batches.
 //! Buffers are allocated once; the shell adds no per-packet allocation on the data path.
 
 use std::future::Future;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use warren_proto::control::NodeMessage;
-use warren_proto::engine::{Engine, EngineConfig, Event};
+use warren_proto::engine::{Engine, EngineConfig, Event, RelayTransmit};
 use warren_proto::ids::{NodeId, PrivateKey};
 use warren_proto::noise::CipherSuite;
 
@@ -75,6 +77,12 @@ pub struct Daemon {
     source: CandidateSource,
     /// The local candidates last seen.
     local: Vec<SocketAddr>,
+    /// The control connection, carrying relay datagrams while it is up.
+    relay: Option<quinn::Connection>,
+    /// Largest relay datagram the control connection took, as last logged.
+    relay_max: Option<usize>,
+    /// Relay datagrams dropped because they did not fit the connection's datagram size.
+    relay_too_large: u64,
 }
 
 /// Why the daemon loop ended.
@@ -141,6 +149,9 @@ impl Daemon {
             io,
             book,
             dir: dir.to_path_buf(),
+            relay: None,
+            relay_max: None,
+            relay_too_large: 0,
         })
     }
 
@@ -164,8 +175,30 @@ impl Daemon {
                 timer.as_mut().reset(deadline.into());
                 armed = Some(deadline);
             }
+            let relay = self.relay.clone();
+            let relay_rx = async {
+                match &relay {
+                    Some(conn) => conn.read_datagram().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => return Exit::Shutdown,
+                res = relay_rx => match res {
+                    Ok(datagram) => {
+                        let slot = self.io.tun.slot();
+                        let now = Instant::now();
+                        if let Some(len) = self.engine.handle_relay_datagram(&datagram, slot, now) {
+                            self.io.tun.commit(len);
+                        }
+                        self.io.tun.write_queued();
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "control connection gone; relay unavailable");
+                        self.relay = None;
+                        self.engine.set_relay_available(false, Instant::now());
+                    }
+                },
                 res = self.data.recv(&mut udp_bufs) => match res {
                     Ok(n) => {
                         let now = Instant::now();
@@ -209,7 +242,10 @@ impl Daemon {
                     armed = None;
                     self.engine.handle_timeout(Instant::now());
                 }
-                _ = refresh.tick() => self.check_local_addresses(),
+                _ = refresh.tick() => {
+                    self.check_local_addresses();
+                    self.log_relay_size();
+                }
             }
             self.flush().await;
         }
@@ -273,6 +309,9 @@ impl Daemon {
         if !self.batch.is_empty() {
             self.send_batch().await;
         }
+        while let Some(t) = self.engine.poll_relay_transmit() {
+            self.send_relay(t);
+        }
         while let Some(ev) = self.engine.poll_event() {
             match ev {
                 Event::PunchRequest(peer) => {
@@ -293,6 +332,38 @@ impl Daemon {
         }
     }
 
+    /// Sends one relay datagram as a QUIC DATAGRAM frame on the control connection. Like any
+    /// UDP path the relay is best effort: a datagram that does not fit the connection's current
+    /// datagram size (before path MTU discovery has raised it) is dropped and counted.
+    fn send_relay(&mut self, t: RelayTransmit) {
+        let Some(conn) = &self.relay else {
+            return;
+        };
+        let len = t.datagram.len();
+        match conn.send_datagram(t.datagram.into()) {
+            Ok(()) => {}
+            Err(quinn::SendDatagramError::TooLarge) => {
+                self.relay_too_large += 1;
+                tracing::debug!(peer = %t.peer, len, max = ?conn.max_datagram_size(),
+                    dropped = self.relay_too_large, "relay datagram too large; dropped");
+            }
+            Err(e) => tracing::debug!(peer = %t.peer, error = %e, "relay send failed"),
+        }
+    }
+
+    /// Logs the control connection's datagram size when it changed (path MTU discovery).
+    fn log_relay_size(&mut self) {
+        let max = self
+            .relay
+            .as_ref()
+            .and_then(quinn::Connection::max_datagram_size);
+        if max != self.relay_max {
+            self.relay_max = max;
+            tracing::info!(max_datagram_size = ?max, dropped_too_large = self.relay_too_large,
+                "relay datagram size");
+        }
+    }
+
     /// Sends and clears the current GSO run.
     async fn send_batch(&mut self) {
         if let Err(e) = self.data.send(&self.batch).await {
@@ -306,8 +377,18 @@ impl Daemon {
         let now = Instant::now();
         let changed = match ev {
             ControlEvent::Welcome(w) => self.book.on_welcome(&mut self.engine, w, now),
+            ControlEvent::Relay(conn) => {
+                let max = conn.max_datagram_size();
+                tracing::info!(max_datagram_size = ?max, "relay ready");
+                self.relay_max = max;
+                self.relay = Some(conn);
+                self.engine.set_relay_available(max.is_some(), now);
+                false
+            }
             ControlEvent::Disconnected => {
                 self.book.disconnected();
+                self.relay = None;
+                self.engine.set_relay_available(false, now);
                 false
             }
             ControlEvent::Message(msg) => self.book.on_message(&mut self.engine, msg, now),

@@ -258,6 +258,15 @@ impl AsyncUdpSocket for QuicSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.local_addr()
     }
+
+    /// The shared socket does not fragment: `DataIo`'s quinn-udp state sets
+    /// IP_PMTUDISC_PROBE (DF on every datagram), and before it exists the Linux default
+    /// (IP_PMTUDISC_WANT) sets DF too. Saying so lets quinn run path MTU discovery on the
+    /// control connection; without it the connection stays at QUIC's 1200-byte minimum and
+    /// full-size relay datagrams (8 + 32 + 1280 bytes) never fit (see README, "Relay").
+    fn may_fragment(&self) -> bool {
+        false
+    }
 }
 
 /// Future type behind [`WritablePoller`].

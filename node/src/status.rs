@@ -83,6 +83,10 @@ pub struct PeerLine {
     pub ip: MeshIp,
     /// Current path.
     pub path: PathName,
+    /// Why the peer is not direct (`punch timed out`, `direct path lost`, `peer offline` ...);
+    /// `null` when direct or not known to the engine.
+    #[serde(default)]
+    pub relay_reason: Option<String>,
     /// Remote address of the direct path.
     pub endpoint: Option<String>,
     /// Latest measured round-trip time, milliseconds.
@@ -110,8 +114,10 @@ pub fn peer_lines<'a>(
                 ip: r.mesh_ip,
                 path: match st.map(|s| s.path) {
                     Some(PathKind::Direct) => PathName::Direct,
+                    Some(PathKind::Relay) => PathName::Relay,
                     Some(PathKind::Connecting) | None => PathName::Connecting,
                 },
+                relay_reason: st.and_then(|s| s.relay_reason).map(|r| r.to_string()),
                 endpoint: st.and_then(|s| s.endpoint).map(|e| e.to_string()),
                 rtt_ms: st
                     .and_then(|s| s.rtt)
@@ -245,7 +251,7 @@ pub fn render(r: &StatusReport) -> String {
         out.push_str("no peers\n");
         return out;
     }
-    let rows: Vec<[String; 9]> = r
+    let rows: Vec<[String; 10]> = r
         .peers
         .iter()
         .map(|p| {
@@ -253,6 +259,7 @@ pub fn render(r: &StatusReport) -> String {
                 p.name.clone(),
                 p.ip.to_string(),
                 format!("{:?}", p.path).to_lowercase(),
+                p.relay_reason.clone().unwrap_or_else(|| "-".into()),
                 p.endpoint.clone().unwrap_or_else(|| "-".into()),
                 p.rtt_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
                 bytes(p.rx_bytes),
@@ -263,10 +270,11 @@ pub fn render(r: &StatusReport) -> String {
             ]
         })
         .collect();
-    let header: [&str; 9] = [
+    let header: [&str; 10] = [
         "NAME",
         "IP",
         "PATH",
+        "REASON",
         "ENDPOINT",
         "RTT",
         "RX",

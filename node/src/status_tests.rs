@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::state::tests::scratch;
+use warren_proto::engine::RelayReason;
 
 fn rec(id: u64, online: bool) -> PeerRecord {
     PeerRecord {
@@ -18,18 +19,33 @@ fn rec(id: u64, online: bool) -> PeerRecord {
 }
 
 fn report() -> StatusReport {
-    let records = [rec(3, false), rec(2, true)];
-    let engine = vec![PeerStatus {
-        node_id: NodeId(2),
-        name: "peer2".into(),
-        mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, 2)),
-        path: PathKind::Direct,
-        endpoint: Some("198.51.100.7:4000".parse().unwrap()),
-        rtt: Some(Duration::from_micros(1234)),
-        rx_bytes: 10,
-        tx_bytes: 20,
-        last_handshake: Some(Duration::from_secs(5)),
-    }];
+    let records = [rec(3, false), rec(2, true), rec(4, true)];
+    let engine = vec![
+        PeerStatus {
+            node_id: NodeId(2),
+            name: "peer2".into(),
+            mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, 2)),
+            path: PathKind::Direct,
+            endpoint: Some("198.51.100.7:4000".parse().unwrap()),
+            rtt: Some(Duration::from_micros(1234)),
+            rx_bytes: 10,
+            tx_bytes: 20,
+            last_handshake: Some(Duration::from_secs(5)),
+            relay_reason: None,
+        },
+        PeerStatus {
+            node_id: NodeId(4),
+            name: "peer4".into(),
+            mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, 4)),
+            path: PathKind::Relay,
+            endpoint: None,
+            rtt: None,
+            rx_bytes: 1,
+            tx_bytes: 2,
+            last_handshake: Some(Duration::from_secs(1)),
+            relay_reason: Some(RelayReason::PunchTimedOut),
+        },
+    ];
     StatusReport {
         me: SelfStatus {
             name: "alpha".into(),
@@ -54,7 +70,7 @@ fn json_has_the_documented_shape() {
     assert_eq!(me["reflexive"], "203.0.113.9:41641");
     assert_eq!(me["coordinator"], "connected");
     let peers = v["peers"].as_array().unwrap();
-    assert_eq!(peers.len(), 2);
+    assert_eq!(peers.len(), 3);
     // Sorted by mesh address; the engine's numbers merged by node id.
     let p = &peers[0];
     assert_eq!(p["name"], "peer2");
@@ -66,6 +82,12 @@ fn json_has_the_documented_shape() {
     assert_eq!(p["tx_bytes"], 20);
     assert_eq!(p["last_handshake_s"], 5);
     assert_eq!(p["online"], true);
+    assert!(p["relay_reason"].is_null());
+    // A relayed peer and why.
+    let r = &peers[2];
+    assert_eq!(r["path"], "relay");
+    assert_eq!(r["relay_reason"], "punch timed out");
+    assert!(r["endpoint"].is_null());
     // A peer the engine does not know yet.
     let q = &peers[1];
     assert_eq!(q["path"], "connecting");
@@ -75,14 +97,18 @@ fn json_has_the_documented_shape() {
     assert_eq!(q["rx_bytes"], 0);
     assert_eq!(q["online"], false);
     let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys.len(), 9, "{keys:?}");
+    assert_eq!(keys.len(), 10, "{keys:?}");
     let table = render(&report());
     assert!(table.contains("peer2") && table.contains("direct") && table.contains("1.2 ms"));
     assert!(
         table.contains("5s ago") && table.contains("HANDSHAKE"),
         "{table}"
     );
-    assert!(table.lines().count() == 4, "{table}");
+    assert!(
+        table.contains("relay") && table.contains("punch timed out") && table.contains("REASON"),
+        "{table}"
+    );
+    assert!(table.lines().count() == 5, "{table}");
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod noise;
 pub mod packet;
 pub mod probe;
 pub mod proof;
+pub mod relay;
 pub mod replay;
 pub mod token;
 

@@ -6,21 +6,22 @@
 //! initiation that authenticates with a key the coordinator listed and carries a timestamp newer
 //! than the last one accepted from that key; anything else gets no reply at all.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use tracing::debug;
 
+use super::path::Route;
 use super::peer::{Peer, Pending};
 use super::shared::Shared;
-use super::Engine;
+use super::{Engine, Source};
 use crate::noise::{InitiatorHandshake, NoiseError, ResponderHandshake};
 use crate::packet::{HandshakeInit, HandshakeResp, Transport};
 
 impl Peer {
-    /// Sends a (new) initiation over the confirmed endpoint.
+    /// Sends a (new) initiation over the current route (direct path or relay).
     pub fn start_handshake(&mut self, shared: &mut Shared, now: Instant) {
-        let Some(dst) = self.endpoint else {
+        let Some(route) = self.route() else {
             self.clear_pending(shared);
             return;
         };
@@ -38,8 +39,11 @@ impl Peer {
             seed,
         ) {
             Ok((hs, datagram)) => {
-                debug!(peer = %self.id(), %dst, attempt = attempts + 1, "handshake initiation sent");
-                shared.send(dst, datagram);
+                debug!(peer = %self.id(), ?route, attempt = attempts + 1, "handshake initiation sent");
+                shared.send_via(route, self.id(), datagram);
+                if matches!(route, Route::Udp(_)) {
+                    self.direct_awaiting_since.get_or_insert(now);
+                }
                 self.last_sent = Some(now);
                 self.pending = Some(Pending {
                     hs: Some(hs),
@@ -61,13 +65,19 @@ impl Peer {
         }
     }
 
-    /// Any authenticated packet from `from`: roam to it and note the peer is alive.
-    fn authenticated_from(&mut self, from: SocketAddr, now: Instant) {
-        if self.endpoint != Some(from) {
-            debug!(peer = %self.id(), old = ?self.endpoint, new = %from, "endpoint updated");
-            self.endpoint = Some(from);
-            self.round = None;
-            self.next_round_at = None;
+    /// Any authenticated packet from `source`: roam to a new UDP address and note the peer is
+    /// alive (a relayed packet says nothing about the direct path).
+    fn authenticated_from(&mut self, source: Source, now: Instant) {
+        if let Source::Udp(from) = source {
+            if self.endpoint != Some(from) {
+                debug!(peer = %self.id(), old = ?self.endpoint, new = %from, "endpoint updated");
+                self.endpoint = Some(from);
+                self.round = None;
+                self.next_round_at = None;
+                self.on_new_endpoint(now);
+            }
+            self.direct_awaiting_since = None;
+            self.check = None;
         }
         self.last_received = Some(now);
         self.awaiting_reply_since = None;
@@ -78,7 +88,7 @@ impl Engine {
     /// A HandshakeInit arrived.
     pub(super) fn on_handshake_init(
         &mut self,
-        from: SocketAddr,
+        from: Source,
         init: &HandshakeInit<'_>,
         now: Instant,
     ) {
@@ -118,7 +128,11 @@ impl Engine {
         match resp.respond(idx, now) {
             Ok((session, datagram)) => {
                 peer.last_init_timestamp = Some(timestamp);
-                self.shared.send(from, datagram);
+                let back = match from {
+                    Source::Udp(a) => Route::Udp(a),
+                    Source::Relay(_) => Route::Relay,
+                };
+                self.shared.send_via(back, id, datagram);
                 peer.authenticated_from(from, now);
                 peer.last_sent = Some(now);
                 if let Some(old) = peer.next.replace(session) {
@@ -139,7 +153,7 @@ impl Engine {
     /// A HandshakeResp arrived.
     pub(super) fn on_handshake_resp(
         &mut self,
-        from: SocketAddr,
+        from: Source,
         resp: &HandshakeResp<'_>,
         now: Instant,
     ) {
@@ -171,9 +185,11 @@ impl Engine {
             Ok(session) => {
                 debug!(peer = %peer.id(), %from, "handshake complete (initiator)");
                 let sent_at = peer.pending.take().map(|p| p.sent_at);
-                if peer.rtt.is_none() || peer.endpoint != Some(from) {
-                    // No probe measured this path (the peer's handshake found it first).
-                    peer.rtt = sent_at.map(|t| now.saturating_duration_since(t));
+                if let Source::Udp(a) = from {
+                    if peer.rtt.is_none() || peer.endpoint != Some(a) {
+                        // No probe measured this path (the peer's handshake found it first).
+                        peer.rtt = sent_at.map(|t| now.saturating_duration_since(t));
+                    }
                 }
                 peer.install_current(session, &mut self.shared, now);
                 peer.authenticated_from(from, now);
@@ -196,7 +212,7 @@ impl Engine {
     /// A Transport packet arrived; decrypts into `tun_out`.
     pub(super) fn on_transport(
         &mut self,
-        from: SocketAddr,
+        from: Source,
         t: &Transport<'_>,
         tun_out: &mut [u8],
         now: Instant,

@@ -20,9 +20,16 @@
 //!    [`PATH_SILENCE_TIMEOUT`], or [`MAX_HANDSHAKE_ATTEMPTS`] unanswered initiations): sessions
 //!    are dropped and the peer is Connecting again.
 //!
-//! Submodules: `peer` (per-peer state, send path), `punch` (probing rounds, path choice),
-//! `handshake` (Noise handshakes, receive path), `timers` (timers as data), `shared` (engine-wide
-//! state and [`DropCounters`]).
+//! With a relay ([`Engine::set_relay_available`], DESIGN.md section 2.5) a peer without a proven
+//! direct path is *Relay* at once: handshakes and data go out as [`RelayTransmit`]s
+//! ([`Engine::poll_relay_transmit`]) and come in through [`Engine::handle_relayed`], while
+//! punching goes on in the background. A confirmed direct address must prove itself before
+//! traffic moves to it, and a direct path that stops answering falls back to the relay within
+//! a few seconds, keeping its sessions (see `path` for the rules and constants).
+//!
+//! Submodules: `peer` (per-peer state, send path), `punch` (probing rounds), `path` (direct vs
+//! relay), `relayed` (the relay's inputs), `handshake` (Noise handshakes, receive path), `timers` (timers as data), `shared`
+//! (engine-wide state and [`DropCounters`]).
 //!
 //! Sizes the shell must know: `tun_out` must hold the largest packet a peer may send (the TUN
 //! MTU), and decryption is allocation-free when it has 16 bytes more; a transport datagram is
@@ -31,8 +38,10 @@
 //! counted as malformed. Re-read [`Engine::poll_timeout`] after every call: deadlines move.
 
 mod handshake;
+mod path;
 mod peer;
 mod punch;
+mod relayed;
 mod shared;
 mod timers;
 
@@ -51,6 +60,10 @@ use crate::packet::Packet;
 use crate::probe::ProbeKey;
 
 pub use crate::packet::TRANSPORT_OVERHEAD;
+pub use path::{
+    prove_after, RelayReason, CHECK_PROBE_INTERVAL, CHECK_TIMEOUT, STABLE_RESET, SUSPECT_AFTER,
+    VERIFY_GIVE_UP, VERIFY_INTERVAL, VERIFY_MAX_GAP,
+};
 pub use peer::{MAX_QUEUED, PUNCH_REQUEST_INTERVAL, REKEY_JITTER_MAX};
 pub use punch::{
     PATH_SETTLE, PROBE_BACKOFF_MAX, PROBE_BACKOFF_MIN, ROUND_DURATION, ROUND_INTERVAL,
@@ -61,6 +74,7 @@ pub use timers::{
 };
 
 use handshake::inner_destination;
+use path::Route;
 use peer::Peer;
 use shared::Shared;
 
@@ -87,6 +101,34 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
+/// A datagram for the relay: send it as a QUIC DATAGRAM on the control connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayTransmit {
+    /// The destination peer.
+    pub peer: NodeId,
+    /// The complete relay datagram: the 8-byte header naming `peer`, then the Warren packet
+    /// ([`crate::relay`]).
+    pub datagram: Vec<u8>,
+}
+
+/// Where a received packet came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The data socket, from this address.
+    Udp(SocketAddr),
+    /// The relay, labelled by the coordinator with this sender.
+    Relay(NodeId),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Udp(a) => write!(f, "{a}"),
+            Self::Relay(id) => write!(f, "relay:{id}"),
+        }
+    }
+}
+
 /// Something the shell must act on outside the data socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -106,7 +148,9 @@ pub enum Event {
 pub enum PathKind {
     /// Over a confirmed hole-punched (or LAN) UDP path.
     Direct,
-    /// No path yet; punching.
+    /// Through the coordinator's relay (no proven direct path; punching goes on).
+    Relay,
+    /// No usable path yet.
     Connecting,
 }
 
@@ -125,6 +169,8 @@ pub struct PeerStatus {
     pub endpoint: Option<SocketAddr>,
     /// Latest round-trip time measured by probes.
     pub rtt: Option<Duration>,
+    /// Why the peer is not on a direct path (`None` when it is).
+    pub relay_reason: Option<RelayReason>,
     /// Decrypted payload bytes received from this peer.
     pub rx_bytes: u64,
     /// Payload bytes sent to this peer.
@@ -157,6 +203,8 @@ impl Engine {
                 rng: ChaCha20Rng::from_seed(seed),
                 by_index: HashMap::new(),
                 transmits: VecDeque::new(),
+                relay_transmits: VecDeque::new(),
+                relay_available: false,
                 events: VecDeque::new(),
                 drops: DropCounters::default(),
                 last_timestamp: None,
@@ -214,13 +262,16 @@ impl Engine {
                 // Still punching: try the new candidates at once.
                 peer.probe_volley(&mut self.shared, now);
             }
+            // Coming online makes the relay usable for it.
+            peer.kick(&mut self.shared, now);
             peer.report_path(&mut self.shared);
         } else {
             let key = ProbeKey::derive(&self.shared.config.private_key, &record.public_key);
             let jitter_ms = self.shared.rng.next_u64() % (REKEY_JITTER_MAX.as_millis() as u64 + 1);
             let jitter = Duration::from_millis(jitter_ms);
+            let relay = self.shared.relay_available;
             self.peers
-                .insert(id, Peer::new(record.clone(), key, jitter));
+                .insert(id, Peer::new(record.clone(), key, jitter, relay));
         }
         self.by_ip.insert(record.mesh_ip.0, id);
         self.by_key.insert(record.public_key, id);
@@ -275,10 +326,11 @@ impl Engine {
                 return None;
             }
         };
+        let source = Source::Udp(from);
         match packet {
-            Packet::Transport(t) => return self.on_transport(from, &t, tun_out, now),
-            Packet::HandshakeInit(h) => self.on_handshake_init(from, &h, now),
-            Packet::HandshakeResp(h) => self.on_handshake_resp(from, &h, now),
+            Packet::Transport(t) => return self.on_transport(source, &t, tun_out, now),
+            Packet::HandshakeInit(h) => self.on_handshake_init(source, &h, now),
+            Packet::HandshakeResp(h) => self.on_handshake_resp(source, &h, now),
             Packet::Probe(p) => {
                 if let Some(peer) = authentic_peer(
                     &mut self.peers,
@@ -331,14 +383,11 @@ impl Engine {
             return;
         }
         peer.enqueue(packet, &mut self.shared);
-        if peer.endpoint.is_some() {
-            if peer.pending.is_none() && !peer.can_send(now) {
-                peer.start_handshake(&mut self.shared, now);
-            }
-            peer.flush_queue(&mut self.shared, now);
-        } else {
+        peer.kick(&mut self.shared, now);
+        if peer.endpoint.is_none() {
             // Start a round unless one runs or the next is scheduled (rounds back off to one
-            // per ROUND_INTERVAL while no path is found).
+            // per ROUND_INTERVAL or more while no path is found). With a relay this runs in
+            // the background while the relay carries the traffic.
             if peer.round.is_none() && peer.next_round_at.is_none() {
                 peer.request_punch(&mut self.shared, now);
                 peer.start_round(&mut self.shared, now);
@@ -348,7 +397,8 @@ impl Engine {
     }
 
     /// Allocation-free fast path for an IP packet read from TUN: when its peer has a session
-    /// and a path, seals it straight into `out` and returns where to send the `len` bytes.
+    /// and a direct path, seals it straight into `out` and returns where to send the `len`
+    /// bytes (relayed packets go through [`Engine::poll_relay_transmit`]).
     /// Otherwise behaves exactly like [`Engine::handle_tun_packet`] (queue while connecting,
     /// or drop and count) and returns `None`; drain [`Engine::poll_transmit`] as usual either
     /// way. `out` must hold `packet.len() + TRANSPORT_OVERHEAD` bytes.
@@ -362,10 +412,16 @@ impl Engine {
             .and_then(|dst| self.by_ip.get(&dst))
             .and_then(|id| self.peers.get_mut(id));
         if let Some(peer) = peer {
-            if peer.queue.is_empty() && peer.can_send(now) {
-                if let Some(sent) = peer.seal_into(packet, out, &mut self.shared, now) {
-                    peer.last_demand = Some(now);
-                    return Some(sent);
+            let direct = matches!(peer.route(), Some(Route::Udp(_)));
+            if direct && peer.queue.is_empty() && peer.can_send(now) {
+                match peer.seal_into(packet, out, &mut self.shared, now) {
+                    Some((Route::Udp(dst), n)) => {
+                        peer.last_demand = Some(now);
+                        return Some((dst, n));
+                    }
+                    // The route was checked just above.
+                    Some((Route::Relay, _)) => return None,
+                    None => {}
                 }
             }
         }
@@ -403,6 +459,11 @@ impl Engine {
     /// Next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.shared.transmits.pop_front()
+    }
+
+    /// Next datagram for the relay (send it on the control connection).
+    pub fn poll_relay_transmit(&mut self) -> Option<RelayTransmit> {
+        self.shared.relay_transmits.pop_front()
     }
 
     /// Next event for the shell.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use super::path::{Check, RelayReason, Route};
 use super::punch::{Candidate, Round};
 use super::shared::Shared;
 use super::timers::RESPONDER_REKEY_AFTER;
@@ -23,6 +24,7 @@ use crate::noise::{
 };
 use crate::packet::TRANSPORT_OVERHEAD;
 use crate::probe::ProbeKey;
+use crate::relay::RELAY_HEADER_LEN;
 
 /// Packets queued per peer while connecting; the oldest is dropped beyond this (a TCP
 /// retransmits anyway; a deep queue only adds latency).
@@ -57,8 +59,31 @@ pub(crate) struct Peer {
     pub round: Option<Round>,
     /// When to start another round (set when a round failed while traffic is waiting).
     pub next_round_at: Option<Instant>,
-    /// Confirmed remote address of the direct path.
+    /// Confirmed remote address of the direct path (in use, or being verified while the relay
+    /// carries the traffic).
     pub endpoint: Option<SocketAddr>,
+    /// Traffic uses `endpoint` (it proved itself, or there is no relay to use instead).
+    pub direct_active: bool,
+    /// Whether the shell has a working relay (mirrors the engine-wide flag).
+    pub relay_ok: bool,
+    /// When the unproven `endpoint` was confirmed (verification running).
+    pub confirmed_at: Option<Instant>,
+    /// When the next verification probe is due.
+    pub next_verify_at: Option<Instant>,
+    /// When the last verification ack (or the confirmation) arrived.
+    pub last_verify_ack: Option<Instant>,
+    /// Liveness check of the active direct path in progress.
+    pub check: Option<Check>,
+    /// Since when data sent over UDP has seen nothing come back over UDP.
+    pub direct_awaiting_since: Option<Instant>,
+    /// When traffic last moved to the direct path.
+    pub promoted_at: Option<Instant>,
+    /// Recent demotions of the direct path (longer proof before the next promotion).
+    pub demotions: u32,
+    /// Probing rounds that failed since the last path change (round spacing backs off).
+    pub failed_rounds: u32,
+    /// Why the peer is not direct, as far as events tell (see `Peer::relay_reason`).
+    pub reason: RelayReason,
     /// Round-trip time of the endpoint, measured by probes.
     pub rtt: Option<Duration>,
     /// Path last reported through `Event::PathChanged`.
@@ -99,7 +124,12 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    pub fn new(record: PeerRecord, probe_key: ProbeKey, rekey_jitter: Duration) -> Self {
+    pub fn new(
+        record: PeerRecord,
+        probe_key: ProbeKey,
+        rekey_jitter: Duration,
+        relay_ok: bool,
+    ) -> Self {
         let candidates = record
             .candidates
             .iter()
@@ -112,6 +142,17 @@ impl Peer {
             round: None,
             next_round_at: None,
             endpoint: None,
+            direct_active: false,
+            relay_ok,
+            confirmed_at: None,
+            next_verify_at: None,
+            last_verify_ack: None,
+            check: None,
+            direct_awaiting_since: None,
+            promoted_at: None,
+            demotions: 0,
+            failed_rounds: 0,
+            reason: RelayReason::Punching,
             rtt: None,
             reported_path: PathKind::Connecting,
             pending: None,
@@ -184,16 +225,7 @@ impl Peer {
 
     /// Whether packets can be sent now.
     pub fn can_send(&self, now: Instant) -> bool {
-        self.endpoint.is_some() && self.current.as_ref().is_some_and(|s| !s.is_expired(now))
-    }
-
-    /// The path as status and events show it.
-    pub fn path(&self) -> PathKind {
-        if self.endpoint.is_some() && self.current.is_some() {
-            PathKind::Direct
-        } else {
-            PathKind::Connecting
-        }
+        self.route().is_some() && self.current.as_ref().is_some_and(|s| !s.is_expired(now))
     }
 
     /// Emits `PathChanged` if the path differs from the last reported one.
@@ -201,7 +233,7 @@ impl Peer {
         let path = self.path();
         if path != self.reported_path {
             self.reported_path = path;
-            debug!(peer = %self.id(), ?path, endpoint = ?self.endpoint, "path changed");
+            debug!(peer = %self.id(), ?path, endpoint = ?self.endpoint, reason = ?self.relay_reason(), "path changed");
             shared.events.push_back(Event::PathChanged {
                 peer: self.id(),
                 path,
@@ -212,11 +244,27 @@ impl Peer {
     /// Encrypts and queues one packet (empty = keepalive) on the current session. Returns false
     /// if there is no usable session or path.
     pub fn send_transport(&mut self, plaintext: &[u8], shared: &mut Shared, now: Instant) -> bool {
-        let mut buf = vec![0u8; plaintext.len() + TRANSPORT_OVERHEAD];
-        match self.seal_into(plaintext, &mut buf, shared, now) {
-            Some((dst, n)) => {
-                buf.truncate(n);
+        // Over the relay the packet is sealed behind room for the relay header (no copy).
+        let offset = match self.route() {
+            Some(Route::Relay) => RELAY_HEADER_LEN,
+            _ => 0,
+        };
+        let mut buf = vec![0u8; offset + plaintext.len() + TRANSPORT_OVERHEAD];
+        match self.seal_into(plaintext, &mut buf[offset..], shared, now) {
+            Some((Route::Udp(dst), n)) => {
+                buf.truncate(offset + n);
+                if offset > 0 {
+                    buf.drain(..offset);
+                }
                 shared.send(dst, buf);
+                true
+            }
+            Some((Route::Relay, n)) => {
+                buf.truncate(offset + n);
+                if offset == 0 {
+                    buf.splice(..0, [0u8; RELAY_HEADER_LEN]);
+                }
+                shared.send_relay_framed(self.id(), buf);
                 true
             }
             None => false,
@@ -232,8 +280,8 @@ impl Peer {
         out: &mut [u8],
         shared: &mut Shared,
         now: Instant,
-    ) -> Option<(SocketAddr, usize)> {
-        let (Some(dst), Some(session)) = (self.endpoint, self.current.as_mut()) else {
+    ) -> Option<(Route, usize)> {
+        let (Some(route), Some(session)) = (self.route(), self.current.as_mut()) else {
             return None;
         };
         let n = match session.seal(plaintext, out, now) {
@@ -252,6 +300,9 @@ impl Peer {
         if !plaintext.is_empty() {
             self.tx_bytes += plaintext.len() as u64;
             self.awaiting_reply_since.get_or_insert(now);
+            if matches!(route, Route::Udp(_)) {
+                self.direct_awaiting_since.get_or_insert(now);
+            }
         }
         let by_count = self
             .current
@@ -261,7 +312,7 @@ impl Peer {
         if (by_count || by_time) && self.pending.is_none() {
             self.start_handshake(shared, now);
         }
-        Some((dst, n))
+        Some((route, n))
     }
 
     /// Sends everything queued, if a session and path are up.
@@ -308,6 +359,7 @@ impl Peer {
                 None
             },
             rtt: self.rtt,
+            relay_reason: self.relay_reason(),
             rx_bytes: self.rx_bytes,
             tx_bytes: self.tx_bytes,
             last_handshake: self

@@ -200,7 +200,10 @@ impl Peer {
             self.rtt = Some(rtt);
             if changed {
                 self.awaiting_reply_since = None;
+                self.on_new_endpoint(now);
                 self.on_path_confirmed(shared, now);
+            } else {
+                self.on_endpoint_ack(shared, now);
             }
         }
         if let Some(round) = self.round.as_mut() {
@@ -214,7 +217,9 @@ impl Peer {
         self.next_round_at = None;
         if self.can_send(now) {
             self.flush_queue(shared, now);
-        } else if self.pending.is_none() {
+        } else if self.pending.is_none() && !(self.relay_usable() && self.next.is_some()) {
+            // (A responder session reached over the relay is confirmed by the initiator's
+            // first data packet; a second handshake would only race it.)
             self.start_handshake(shared, now);
         }
     }
@@ -225,6 +230,11 @@ impl Peer {
     pub fn path_dead(&mut self, shared: &mut Shared, now: Instant) {
         debug!(peer = %self.id(), endpoint = ?self.endpoint, "path dead");
         self.endpoint = None;
+        self.direct_active = false;
+        self.confirmed_at = None;
+        self.next_verify_at = None;
+        self.check = None;
+        self.direct_awaiting_since = None;
         self.rtt = None;
         self.awaiting_reply_since = None;
         self.keepalive_owed_since = None;

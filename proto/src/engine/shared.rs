@@ -8,7 +8,8 @@ use std::time::Instant;
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 
-use super::{EngineConfig, Event, Transmit};
+use super::path::Route;
+use super::{EngineConfig, Event, RelayTransmit, Transmit};
 use crate::ids::{NodeId, SessionIndex};
 use crate::noise::Timestamp;
 
@@ -54,6 +55,10 @@ pub struct DropCounters {
     pub queue_overflow: u64,
     /// TUN packet dropped because no path was found while it waited in the connect queue.
     pub queue_expired: u64,
+    /// Relay datagram shorter than its header.
+    pub relay_malformed: u64,
+    /// Probe or ack that arrived through the relay (probes test direct paths only).
+    pub relay_probe: u64,
 }
 
 /// Engine-wide state shared by the per-peer logic.
@@ -69,6 +74,10 @@ pub(crate) struct Shared {
     pub by_index: HashMap<SessionIndex, NodeId>,
     /// Datagrams for the shell.
     pub transmits: VecDeque<Transmit>,
+    /// Relay datagrams for the shell.
+    pub relay_transmits: VecDeque<RelayTransmit>,
+    /// Whether the shell has a working relay (control connection with datagrams).
+    pub relay_available: bool,
     /// Events for the shell.
     pub events: VecDeque<Event>,
     /// Drop statistics.
@@ -171,5 +180,26 @@ impl Shared {
     /// Queues a datagram.
     pub fn send(&mut self, dst: SocketAddr, payload: Vec<u8>) {
         self.transmits.push_back(Transmit { dst, payload });
+    }
+
+    /// Queues a relay datagram for `peer`; `datagram` starts with room for the relay header,
+    /// which is filled in here.
+    pub fn send_relay_framed(&mut self, peer: NodeId, mut datagram: Vec<u8>) {
+        if crate::relay::write_header(peer, &mut datagram).is_ok() {
+            self.relay_transmits
+                .push_back(RelayTransmit { peer, datagram });
+        }
+    }
+
+    /// Queues `packet` for `peer` on `route`.
+    pub fn send_via(&mut self, route: Route, peer: NodeId, packet: Vec<u8>) {
+        match route {
+            Route::Udp(dst) => self.send(dst, packet),
+            Route::Relay => {
+                let datagram = crate::relay::build(peer, &packet);
+                self.relay_transmits
+                    .push_back(RelayTransmit { peer, datagram });
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use super::path::RelayReason;
 use super::peer::Peer;
 use super::punch::ROUND_INTERVAL;
 use super::shared::Shared;
@@ -54,9 +55,13 @@ pub(crate) enum Timer {
     Rekey,
     /// Some session reaches REJECT_AFTER_TIME.
     SessionExpiry,
+    /// Next verification probe of an unproven direct address (relay in use).
+    DirectVerify,
+    /// Liveness check of the active direct path (relay available as fallback).
+    DirectCheck,
 }
 
-const ALL: [Timer; 10] = [
+const ALL: [Timer; 12] = [
     Timer::ProbeVolley,
     Timer::RoundEnd,
     Timer::NextRound,
@@ -67,6 +72,8 @@ const ALL: [Timer; 10] = [
     Timer::PathSilent,
     Timer::Rekey,
     Timer::SessionExpiry,
+    Timer::DirectVerify,
+    Timer::DirectCheck,
 ];
 
 impl Peer {
@@ -95,11 +102,10 @@ impl Peer {
                     .or(self.current.as_ref().map(|s| s.created_at))?;
                 direct.then_some(since + KEEPALIVE_TIMEOUT)
             }
-            Timer::PassiveKeepalive => {
-                direct.then_some(self.keepalive_owed_since? + PASSIVE_KEEPALIVE)
-            }
+            Timer::PassiveKeepalive => (self.path() != PathKind::Connecting)
+                .then_some(self.keepalive_owed_since? + PASSIVE_KEEPALIVE),
             Timer::PathDead => {
-                self.endpoint?;
+                self.route()?;
                 Some(self.awaiting_reply_since? + PATH_DEAD_TIMEOUT)
             }
             Timer::PathSilent => {
@@ -107,7 +113,7 @@ impl Peer {
                 direct.then_some(since + PATH_SILENCE_TIMEOUT)
             }
             Timer::Rekey => {
-                if self.endpoint.is_none() || self.pending.is_some() {
+                if self.route().is_none() || self.pending.is_some() {
                     return None;
                 }
                 self.rekey_due_at()
@@ -116,6 +122,8 @@ impl Peer {
                 .into_iter()
                 .filter_map(|s| s.as_ref().map(|s| s.created_at + REJECT_AFTER_TIME))
                 .min(),
+            Timer::DirectVerify => self.verify_deadline(),
+            Timer::DirectCheck => self.check_deadline(),
         }
     }
 
@@ -139,10 +147,16 @@ impl Peer {
             Timer::ProbeVolley => self.probe_volley(shared, now),
             Timer::RoundEnd => {
                 if let Some(round) = self.round.take() {
+                    if self.endpoint.is_none() {
+                        self.failed_rounds = self.failed_rounds.saturating_add(1);
+                        if self.reason == RelayReason::Punching {
+                            self.reason = RelayReason::PunchTimedOut;
+                        }
+                    }
                     if self.endpoint.is_none() && self.has_demand(now) {
                         debug!(peer = %self.id(), "probing round found no path");
-                        self.next_round_at = Some(round.started + ROUND_INTERVAL);
-                    } else if self.endpoint.is_none() {
+                        self.next_round_at = Some(round.started + self.round_interval());
+                    } else if self.endpoint.is_none() && self.route().is_none() {
                         self.expire_queue(shared);
                     }
                 }
@@ -152,7 +166,7 @@ impl Peer {
                 if self.endpoint.is_none() && self.has_demand(now) {
                     self.request_punch(shared, now);
                     self.start_round(shared, now);
-                } else if self.endpoint.is_none() {
+                } else if self.endpoint.is_none() && self.route().is_none() {
                     self.expire_queue(shared);
                 }
             }
@@ -168,6 +182,12 @@ impl Peer {
                     // session and start a fresh series of attempts.
                     self.clear_pending(shared);
                     self.start_handshake(shared, now);
+                } else if self.relay_usable() {
+                    debug!(peer = %self.id(), attempts, "handshake unanswered; relay kept");
+                    self.clear_pending(shared);
+                    if self.direct_active {
+                        self.demote(RelayReason::DirectLost, shared, now);
+                    }
                 } else {
                     debug!(peer = %self.id(), attempts, "handshake unanswered");
                     self.path_dead(shared, now);
@@ -184,7 +204,22 @@ impl Peer {
             Timer::PassiveKeepalive => {
                 self.send_transport(&[], shared, now);
             }
+            Timer::PathDead if self.relay_usable() => {
+                // Nothing came back on any path: the peer may have lost its sessions (e.g. a
+                // restart). Drop ours; the next packet handshakes again over the relay.
+                debug!(peer = %self.id(), "peer unresponsive; sessions dropped");
+                self.awaiting_reply_since = None;
+                self.clear_sessions(shared);
+                if self.direct_active {
+                    self.demote(RelayReason::DirectLost, shared, now);
+                }
+            }
+            Timer::PathSilent if self.relay_usable() => {
+                self.demote(RelayReason::DirectLost, shared, now);
+            }
             Timer::PathDead | Timer::PathSilent => self.path_dead(shared, now),
+            Timer::DirectVerify => self.fire_verify(shared, now),
+            Timer::DirectCheck => self.fire_check(shared, now),
             Timer::Rekey => {
                 debug!(peer = %self.id(), "rekey");
                 self.start_handshake(shared, now);
@@ -198,7 +233,7 @@ impl Peer {
                         }
                     }
                 }
-                if self.current.is_none() && self.endpoint.is_some() && self.pending.is_none() {
+                if self.current.is_none() && self.route().is_some() && self.pending.is_none() {
                     self.start_handshake(shared, now);
                 }
             }

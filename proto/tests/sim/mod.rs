@@ -23,6 +23,7 @@ pub const COORD: SocketAddr =
 pub const PORT: u16 = 41641;
 
 mod nat;
+mod relay;
 pub use nat::{Nat, NatKind};
 
 /// A node in the simulation.
@@ -43,7 +44,7 @@ pub struct Node {
     pub tun_rx: Vec<Vec<u8>>,
 }
 
-enum Item {
+pub(crate) enum Item {
     Datagram {
         to: usize,
         from: SocketAddr,
@@ -52,6 +53,11 @@ enum Item {
     Punch {
         to: usize,
         peer: usize,
+    },
+    /// A relay datagram as the coordinator forwards it (header names the source).
+    Relay {
+        to: usize,
+        datagram: Vec<u8>,
     },
 }
 
@@ -83,6 +89,12 @@ pub struct Sim {
     pub events: Vec<(usize, Event)>,
     /// Nodes that are switched off: they neither send, receive nor run timers.
     pub offline: HashSet<usize>,
+    /// The coordinator relays datagrams (nodes were told with `set_relay_available`).
+    pub relay: bool,
+    /// Drop every UDP datagram between nodes (the relay still works).
+    pub block_udp: bool,
+    /// Relay datagrams the coordinator forwarded.
+    pub relayed: usize,
     rng: ChaCha20Rng,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     items: HashMap<u64, Item>,
@@ -105,6 +117,9 @@ impl Sim {
             delivered_log: Vec::new(),
             punches: 0,
             offline: HashSet::new(),
+            relay: false,
+            block_udp: false,
+            relayed: 0,
             events: Vec::new(),
             sent_log: Vec::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
@@ -218,7 +233,7 @@ impl Sim {
         }
     }
 
-    fn schedule(&mut self, at: Instant, item: Item) {
+    pub(crate) fn schedule(&mut self, at: Instant, item: Item) {
         self.seq += 1;
         self.items.insert(self.seq, item);
         self.queue.push(Reverse((at, self.seq)));
@@ -234,6 +249,9 @@ impl Sim {
             return;
         }
         if self.block_handshakes && matches!(payload.first(), Some(1 | 2)) {
+            return;
+        }
+        if self.block_udp {
             return;
         }
         let src_local = self.nodes[from].local;
@@ -289,6 +307,11 @@ impl Sim {
                 let kind = t.payload.first().copied().unwrap_or(0xff);
                 self.sent_log.push((i, self.now, t.dst, kind));
                 self.route(i, t.dst, t.payload);
+            }
+            while let Some(t) = self.nodes[i].engine.poll_relay_transmit() {
+                let kind = t.datagram.get(8).copied().unwrap_or(0xff);
+                self.sent_log.push((i, self.now, COORD, kind));
+                self.relay_forward(i, &t.datagram);
             }
             while let Some(ev) = self.nodes[i].engine.poll_event() {
                 self.events.push((i, ev.clone()));
@@ -373,6 +396,16 @@ impl Sim {
                 }
                 self.delivered_log.push((to, from, payload));
             }
+            Item::Relay { to, datagram } => {
+                if self.offline.contains(&to) {
+                    return;
+                }
+                let mut buf = [0u8; 2048];
+                let n = &mut self.nodes[to];
+                if let Some(len) = n.engine.handle_relay_datagram(&datagram, &mut buf, now) {
+                    n.tun_rx.push(buf[..len].to_vec());
+                }
+            }
             Item::Punch { to, peer } => {
                 if self.offline.contains(&to) {
                     return;
@@ -418,6 +451,18 @@ impl Sim {
     /// Whether `a` and `b` see each other Direct.
     pub fn direct(&self, a: usize, b: usize) -> bool {
         self.status(a, b).path == PathKind::Direct && self.status(b, a).path == PathKind::Direct
+    }
+
+    /// The paths node `node` reported, in order.
+    pub fn path_changes(&self, node: usize) -> Vec<PathKind> {
+        self.events
+            .iter()
+            .filter(|(n, _)| *n == node)
+            .filter_map(|(_, e)| match e {
+                Event::PathChanged { path, .. } => Some(*path),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Sequence numbers node `i` received from node `from`.
