@@ -14,6 +14,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use warren_proto::control::PathState;
 use warren_proto::ids::NodeId;
 
 use crate::invite::{self, unix_now};
@@ -166,11 +167,25 @@ struct PeerView {
     endpoints: Vec<String>,
     last_seen: String,
     created_at: String,
+    /// How this node reaches each peer, as it last reported (empty while offline).
+    paths: Vec<PathView>,
+}
+
+/// One entry of [`PeerView::paths`].
+#[derive(Serialize)]
+struct PathView {
+    peer_id: u64,
+    peer: Option<String>,
+    path: PathState,
+    reason: Option<String>,
+    endpoint: Option<String>,
 }
 
 async fn peers(State(mesh): State<Arc<Mesh>>) -> Result<Json<Vec<PeerView>>, ApiError> {
     let nodes = mesh.with_store(|s| s.nodes()).await?;
     let now = unix_now();
+    let names: std::collections::HashMap<NodeId, &str> =
+        nodes.iter().map(|n| (n.id, n.name.as_str())).collect();
     let views = nodes
         .iter()
         .map(|n| {
@@ -189,6 +204,19 @@ async fn peers(State(mesh): State<Arc<Mesh>>) -> Result<Json<Vec<PeerView>>, Api
                     .collect(),
                 last_seen: rfc3339(if online { now } else { n.last_seen }),
                 created_at: rfc3339(n.created_at),
+                paths: mesh
+                    .registry
+                    .paths(n.id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| PathView {
+                        peer_id: p.peer.0,
+                        peer: names.get(&p.peer).map(|s| s.to_string()),
+                        path: p.path,
+                        reason: p.reason,
+                        endpoint: p.endpoint.map(|e| e.to_string()),
+                    })
+                    .collect(),
             }
         })
         .collect();

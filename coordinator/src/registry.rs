@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use dashmap::DashMap;
 use tokio::sync::mpsc;
-use warren_proto::control::{CoordMessage, PeerRecord};
+use warren_proto::control::{CoordMessage, PathInfo, PeerRecord};
 use warren_proto::ids::NodeId;
 
 use crate::store::NodeRow;
@@ -25,6 +25,8 @@ pub struct OnlineNode {
     pub reflexive: SocketAddr,
     /// The node's LAN candidates, as it reported them.
     pub local: Vec<SocketAddr>,
+    /// How the node last said it reaches each peer (its `PathReport`).
+    pub paths: Vec<PathInfo>,
     /// The QUIC connection, to close it when the node is removed.
     pub connection: quinn::Connection,
 }
@@ -71,6 +73,11 @@ impl Registry {
     /// Number of online nodes.
     pub fn online_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// A node's last path report, if online.
+    pub fn paths(&self, id: NodeId) -> Option<Vec<PathInfo>> {
+        self.nodes.get(&id).map(|n| n.paths.clone())
     }
 
     /// A node's candidates, if online.

@@ -30,6 +30,10 @@ const MAX_LOCAL_CANDIDATES: usize = 16;
 /// peer (proto `engine::peer`), so this only bites a node asking for very many peers at once
 /// or misbehaving.
 const MAX_PUNCHES_PER_SEC: u32 = 64;
+/// Most peers one path report may describe.
+const MAX_PATH_REPORTS: usize = 4096;
+/// Longest relay reason kept, in bytes.
+const MAX_REASON: usize = 120;
 /// Longest node name accepted (longer ones are cut).
 const MAX_NAME: usize = 63;
 
@@ -149,6 +153,7 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
             tx,
             reflexive: remote,
             local: Vec::new(),
+            paths: Vec::new(),
             connection: conn.clone(),
         },
     );
@@ -412,6 +417,17 @@ fn handle(
             } else {
                 debug!(node = %id, %peer, "punch request over budget ignored");
             }
+        }
+        NodeMessage::PathReport { mut paths } => {
+            // One entry per peer at most; a node cannot grow the coordinator's memory unboundedly.
+            paths.retain(|p| p.peer != id);
+            paths.truncate(MAX_PATH_REPORTS);
+            for p in &mut paths {
+                if let Some(r) = &mut p.reason {
+                    r.truncate(MAX_REASON);
+                }
+            }
+            mesh.registry.update(id, |n| n.paths = paths);
         }
         NodeMessage::Hello { .. } | NodeMessage::Join { .. } | NodeMessage::Login { .. } => {
             bail!("unexpected login message after login")

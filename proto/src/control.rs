@@ -88,6 +88,38 @@ pub enum NodeMessage {
         /// The peer to reach.
         peer: NodeId,
     },
+    /// How this node reaches each peer now (sent when a path changes), so an operator sees
+    /// centrally which pairs are relayed and why.
+    PathReport {
+        /// One entry per peer the node has a path state for.
+        paths: Vec<PathInfo>,
+    },
+}
+
+/// How a node reaches one peer, as reported in [`NodeMessage::PathReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathInfo {
+    /// The peer.
+    pub peer: NodeId,
+    /// Current path.
+    pub path: PathState,
+    /// Why the peer is relayed (or not yet connected), for humans; `None` when direct.
+    pub reason: Option<String>,
+    /// Remote address of the direct path, if any.
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Path kinds as carried in control messages and shown by the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathState {
+    /// A confirmed direct UDP path.
+    Direct,
+    /// Through the coordinator's relay.
+    Relay,
+    /// No path yet.
+    Connecting,
 }
 
 /// What the coordinator sends to a node.
@@ -274,6 +306,14 @@ mod tests {
                 local: vec!["10.0.0.2:5".parse().unwrap()],
             },
             NodeMessage::PunchRequest { peer: NodeId(9) },
+            NodeMessage::PathReport {
+                paths: vec![PathInfo {
+                    peer: NodeId(2),
+                    path: PathState::Relay,
+                    reason: Some("punch timed out".into()),
+                    endpoint: None,
+                }],
+            },
         ];
         for m in node_msgs {
             let frame = encode(&m);

@@ -105,3 +105,64 @@ async fn bad_requests_get_clear_4xx() {
     let (s, _) = call(&mesh, "DELETE", "/v1/nodes/abc", Some(TOKEN), "").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn path_reports_show_in_peers() {
+    use warren_proto::control::{PathInfo, PathState};
+    let (_d, mesh, identity) = mesh();
+    let addr = start(&mesh, &identity);
+    let secret = new_invite(&mesh, 2);
+    let (ka, kb) = (
+        PrivateKey::from_random([1; 32]),
+        PrivateKey::from_random([2; 32]),
+    );
+    let (mut a, wa) = join(addr, &mesh, &ka, secret, "a").await;
+    let (_b, wb) = join(addr, &mesh, &kb, secret, "b").await;
+    let (CoordMessage::Welcome { node: na, .. }, CoordMessage::Welcome { node: nb, .. }) = (wa, wb)
+    else {
+        panic!("both should join")
+    };
+    a.send(&NodeMessage::PathReport {
+        paths: vec![
+            PathInfo {
+                peer: nb.node_id,
+                path: PathState::Relay,
+                reason: Some("punch timed out".into()),
+                endpoint: None,
+            },
+            // A report about itself is ignored.
+            PathInfo {
+                peer: na.node_id,
+                path: PathState::Direct,
+                reason: None,
+                endpoint: None,
+            },
+        ],
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (s, body) = call(&mesh, "GET", "/v1/peers", Some(TOKEN), "").await;
+        assert_eq!(s, StatusCode::OK);
+        let me = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "a")
+            .unwrap()
+            .clone();
+        let paths = me["paths"].as_array().unwrap();
+        if !paths.is_empty() {
+            assert_eq!(paths.len(), 1);
+            assert_eq!(paths[0]["peer"], "b");
+            assert_eq!(paths[0]["path"], "relay");
+            assert_eq!(paths[0]["reason"], "punch timed out");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "path report never showed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
