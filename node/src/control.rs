@@ -377,7 +377,9 @@ pub async fn supervise(
         match session {
             Ok(session) => {
                 let started = std::time::Instant::now();
-                tracing::info!(ip = %session.welcome.node.mesh_ip, "connected to the coordinator");
+                tracing::info!(ip = %session.welcome.node.mesh_ip,
+                    max_datagram_size = ?session.conn.max_datagram_size(),
+                    "connected to the coordinator");
                 if events
                     .send(ControlEvent::Welcome(session.welcome.clone()))
                     .await
