@@ -46,7 +46,24 @@ fn all_pairs_send(s: &mut Sim, seq: u32, rng: Option<&mut ChaCha20Rng>) {
 #[test]
 fn mesh_recovers_from_chaos() {
     for seed in 0..16u64 {
+        chaos(seed, false);
+    }
+}
+
+/// With the relay: the same trouble plus direct-path blackouts and relay outages; after the
+/// heal every pair is direct again (punching backs off to 120 s rounds while relayed, hence the
+/// longer heal).
+#[test]
+fn mesh_with_relay_recovers_from_chaos() {
+    for seed in 100..112u64 {
+        chaos(seed, true);
+    }
+}
+
+fn chaos(seed: u64, relay: bool) {
+    {
         let mut s = mesh(seed);
+        s.set_relay(relay);
         let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xc4a05);
         let mut seq = 0u32;
         let mut unblock_at = None;
@@ -76,6 +93,11 @@ fn mesh_recovers_from_chaos() {
                     s.block_handshakes = true;
                     unblock_at = Some(s.now + 10 * SEC);
                 }
+                12..=13 if relay => s.block_udp = !s.block_udp,
+                14 if relay => {
+                    let on = !s.relay;
+                    s.set_relay(on);
+                }
                 _ => {}
             }
             if unblock_at.is_some_and(|t| s.now >= t) {
@@ -88,7 +110,10 @@ fn mesh_recovers_from_chaos() {
         s.loss = 0.0;
         s.offline.clear();
         s.block_handshakes = false;
-        for _ in 0..600 {
+        s.block_udp = false;
+        s.set_relay(relay);
+        let heal_steps = if relay { 2000 } else { 600 };
+        for _ in 0..heal_steps {
             all_pairs_send(&mut s, seq, None);
             seq += 1;
             s.run_for(100 * MS);

@@ -76,6 +76,7 @@ pub use timers::{
 use handshake::inner_destination;
 use path::Route;
 use peer::Peer;
+use relayed::Source;
 use shared::Shared;
 
 /// Settings the engine is built with.
@@ -109,24 +110,6 @@ pub struct RelayTransmit {
     /// The complete relay datagram: the 8-byte header naming `peer`, then the Warren packet
     /// ([`crate::relay`]).
     pub datagram: Vec<u8>,
-}
-
-/// Where a received packet came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// The data socket, from this address.
-    Udp(SocketAddr),
-    /// The relay, labelled by the coordinator with this sender.
-    Relay(NodeId),
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Udp(a) => write!(f, "{a}"),
-            Self::Relay(id) => write!(f, "relay:{id}"),
-        }
-    }
 }
 
 /// Something the shell must act on outside the data socket.

@@ -5,9 +5,29 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::{Engine, Source};
+use std::net::SocketAddr;
+
+use super::Engine;
 use crate::ids::NodeId;
 use crate::packet::Packet;
+
+/// Where a received packet came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The data socket, from this address.
+    Udp(SocketAddr),
+    /// The relay, labelled by the coordinator with this sender.
+    Relay(NodeId),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Udp(a) => write!(f, "{a}"),
+            Self::Relay(id) => write!(f, "relay:{id}"),
+        }
+    }
+}
 
 impl Engine {
     /// A Warren packet arrived through the relay, labelled by the coordinator with its sender

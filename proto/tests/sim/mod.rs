@@ -190,6 +190,8 @@ impl Sim {
             .collect();
         let now = self.now;
         self.nodes[i].engine.set_peers(&records, now);
+        let relay = self.relay;
+        self.nodes[i].engine.set_relay_available(relay, now);
     }
 
     /// The candidates the coordinator knows for node `i`: reflexive first, then local.
@@ -451,18 +453,6 @@ impl Sim {
     /// Whether `a` and `b` see each other Direct.
     pub fn direct(&self, a: usize, b: usize) -> bool {
         self.status(a, b).path == PathKind::Direct && self.status(b, a).path == PathKind::Direct
-    }
-
-    /// The paths node `node` reported, in order.
-    pub fn path_changes(&self, node: usize) -> Vec<PathKind> {
-        self.events
-            .iter()
-            .filter(|(n, _)| *n == node)
-            .filter_map(|(_, e)| match e {
-                Event::PathChanged { path, .. } => Some(*path),
-                _ => None,
-            })
-            .collect()
     }
 
     /// Sequence numbers node `i` received from node `from`.

@@ -3,6 +3,8 @@
 
 use rand::Rng;
 
+use warren_proto::engine::{Event, PathKind};
+
 use super::{Item, Sim};
 
 impl Sim {
@@ -37,5 +39,17 @@ impl Sim {
         self.relayed += 1;
         let at = self.now + self.wan_latency * 2;
         self.schedule(at, Item::Relay { to, datagram: out });
+    }
+
+    /// The paths node `node` reported, in order.
+    pub fn path_changes(&self, node: usize) -> Vec<PathKind> {
+        self.events
+            .iter()
+            .filter(|(n, _)| *n == node)
+            .filter_map(|(_, e)| match e {
+                Event::PathChanged { path, .. } => Some(*path),
+                _ => None,
+            })
+            .collect()
     }
 }
