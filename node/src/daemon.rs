@@ -326,7 +326,14 @@ impl Daemon {
                 }
                 Event::PathChanged { peer, path } => {
                     let name = self.book.name(peer);
-                    tracing::info!(%peer, name, ?path, "path changed");
+                    let reason = self
+                        .engine
+                        .peer_status(Instant::now())
+                        .into_iter()
+                        .find(|s| s.node_id == peer)
+                        .and_then(|s| s.relay_reason)
+                        .map(|r| r.to_string());
+                    tracing::info!(%peer, name, ?path, reason, "path changed");
                 }
             }
         }

@@ -232,6 +232,7 @@ fn repeated_outages_do_not_flap() {
     // hold-down after repeated demotions keeps traffic on the relay instead of switching back
     // and forth 40 times.
     let n = switches_under_blackouts(107, 12 * SEC, 5 * SEC, 20);
+    eprintln!("repeated outages: {n} path changes of two nodes");
     assert!(n <= 2 * 6, "{n} path changes of two nodes");
 }
 
