@@ -153,6 +153,7 @@ async fn health(State(mesh): State<Arc<Mesh>>) -> Json<serde_json::Value> {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "nodes_online": mesh.registry.online_count(),
+        "relay": mesh.relay.stats.to_json(&mesh.relay.limits),
     }))
 }
 

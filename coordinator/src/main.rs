@@ -3,6 +3,7 @@
 //! `serve` runs the coordinator; `invite create` adds an invite to the store of a data directory
 //! (it works while `serve` runs, through SQLite's locking) and prints the token.
 
+mod bucket;
 mod datadir;
 mod http;
 mod invite;

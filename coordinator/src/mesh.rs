@@ -9,6 +9,7 @@ use warren_proto::ids::{MeshNetwork, NodeId};
 use warren_proto::token::CoordinatorAddr;
 
 use crate::registry::Registry;
+use crate::relay::{Relay, RelayLimits};
 use crate::store::{Store, StoreError};
 
 /// Shared coordinator state.
@@ -25,6 +26,8 @@ pub struct Mesh {
     pub fingerprint: [u8; 32],
     /// Bearer token for the HTTP API.
     pub admin_token: String,
+    /// Relay limits and counters.
+    pub relay: Relay,
     /// Source of connection ids for [`crate::registry::OnlineNode::conn_id`].
     next_conn_id: AtomicUsize,
 }
@@ -45,8 +48,15 @@ impl Mesh {
             public_addr,
             fingerprint,
             admin_token,
+            relay: Relay::default(),
             next_conn_id: AtomicUsize::new(1),
         }
+    }
+
+    /// The same state with other per-node relay limits (default [`RelayLimits::default`]).
+    pub fn with_relay_limits(mut self, limits: RelayLimits) -> Self {
+        self.relay.limits = limits;
+        self
     }
 
     /// A fresh connection id.

@@ -13,6 +13,7 @@ use warren_proto::token::CoordinatorAddr;
 use crate::datadir::{self, DataDir};
 use crate::invite::{self, META_PUBLIC_ADDR};
 use crate::mesh::Mesh;
+use crate::relay::{self, RelayLimits};
 use crate::store::Store;
 
 /// Meta key of the mesh network, fixed once nodes exist.
@@ -39,6 +40,14 @@ pub struct ServeArgs {
     /// The mesh network nodes get addresses from (default 100.80.0.0/16; fixed once nodes exist).
     #[arg(long, value_parser = crate::parse_network)]
     network: Option<MeshNetwork>,
+    /// Relay byte rate each node may use, in Mbit/s (bursts of 100 ms worth pass).
+    #[arg(long, default_value_t = relay::DEFAULT_RELAY_MBIT,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    relay_rate_mbit: u32,
+    /// Relay packet rate each node may use, in packets/s.
+    #[arg(long, default_value_t = relay::DEFAULT_RELAY_PPS,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    relay_rate_pps: u32,
 }
 
 /// Runs the coordinator.
@@ -63,14 +72,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
             None => guess_public_addr(listen)?,
         };
         store.set_meta(META_PUBLIC_ADDR, &public_addr.to_string())?;
-        let mesh = Arc::new(Mesh::new(
-            store.clone(),
-            network,
-            public_addr.clone(),
-            identity.fingerprint,
-            admin_token,
-        ));
-        info!(quic = %listen, http = %http_addr, public = %public_addr, %network, "coordinator listening");
+        let mesh = Arc::new(
+            Mesh::new(
+                store.clone(),
+                network,
+                public_addr.clone(),
+                identity.fingerprint,
+                admin_token,
+            )
+            .with_relay_limits(RelayLimits::new(args.relay_rate_mbit, args.relay_rate_pps)),
+        );
+        info!(quic = %listen, http = %http_addr, public = %public_addr, %network,
+              relay_mbit = args.relay_rate_mbit, relay_pps = args.relay_rate_pps,
+              "coordinator listening");
         // Printed once per data directory, after the first start that got this far (a first start
         // that failed to bind does not use it up).
         if store.meta(META_BOOTSTRAPPED)?.is_none() {
@@ -85,12 +99,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             println!("Warren coordinator initialised in {}.", dir.path.display());
             println!("Admin API token: {}/admin.token", dir.path.display());
             println!("Join a first node with:\n\n    warren join {token}\n");
-            println!("More invites: warren-coordinator invite create --data-dir {}", dir.path.display());
+            println!(
+                "More invites: warren-coordinator invite create --data-dir {}",
+                dir.path.display()
+            );
             store.set_meta(META_BOOTSTRAPPED, &invite::unix_now().to_string())?;
         }
         let accept = tokio::spawn(crate::quic::accept_loop(endpoint.clone(), mesh.clone()));
-        let api = axum::serve(http, crate::http::app(mesh))
-            .with_graceful_shutdown(shutdown_signal());
+        let api =
+            axum::serve(http, crate::http::app(mesh)).with_graceful_shutdown(shutdown_signal());
         api.await.context("HTTP server failed")?;
         info!("shutting down");
         endpoint.close(0u32.into(), b"coordinator shutting down");

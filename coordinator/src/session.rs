@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::mpsc;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, warn};
 use warren_proto::control::{self, CoordMessage, ErrorCode, NodeMessage, CONTROL_VERSION};
 use warren_proto::ids::{NodeId, PrivateKey, PublicKey};
 use warren_proto::proof;
 
+use crate::bucket::TokenBucket;
 use crate::invite::{hash_secret, unix_now};
 use crate::mesh::Mesh;
 use crate::registry::{OnlineNode, NODE_QUEUE};
@@ -29,7 +30,9 @@ const MAX_LOCAL_CANDIDATES: usize = 16;
 /// Punch requests brokered per node per second; more are ignored. Nodes space requests per
 /// peer (proto `engine::peer`), so this only bites a node asking for very many peers at once
 /// or misbehaving.
-const MAX_PUNCHES_PER_SEC: u32 = 64;
+const MAX_PUNCHES_PER_SEC: u64 = 64;
+/// Control frames read ahead of the session loop.
+const FRAME_QUEUE: usize = 8;
 /// Most peers one path report may describe.
 const MAX_PATH_REPORTS: usize = 4096;
 /// Longest relay reason kept, in bytes.
@@ -171,6 +174,7 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
             },
         );
         let writer = tokio::spawn(write_loop(send, rx));
+        let relay = tokio::spawn(crate::relay::relay_loop(mesh.clone(), conn.clone(), id));
         if let Err(e) = run(&mesh, &conn, &row, recv).await {
             debug!(node = %id, error = %e, "control session ended with an error");
             // Tell the node why (best effort) before closing.
@@ -185,6 +189,7 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
             conn.close(2u32.into(), b"protocol error");
         }
         writer.abort();
+        relay.abort();
     }
     if mesh.registry.remove_if_current(id, conn_id) {
         info!(node = %id, "node offline");
@@ -303,24 +308,51 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<CoordMes
     }
 }
 
-/// The logged-in part of the session.
+/// The logged-in part of the session (relay datagrams are served by their own task).
 async fn run(
     mesh: &Arc<Mesh>,
     conn: &quinn::Connection,
     row: &NodeRow,
     mut recv: quinn::RecvStream,
 ) -> Result<()> {
+    // Frames are read by their own task: `read_exact` is not cancel-safe, so it must not sit in
+    // the select below, whose other branches would drop a half-read frame.
+    let (frames_tx, mut frames) = mpsc::channel(FRAME_QUEUE);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut recv).await;
+            let more = matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || !more {
+                break;
+            }
+        }
+    });
+    let result = control_loop(mesh, conn, row, &mut frames).await;
+    reader.abort();
+    result
+}
+
+async fn control_loop(
+    mesh: &Arc<Mesh>,
+    conn: &quinn::Connection,
+    row: &NodeRow,
+    frames: &mut mpsc::Receiver<Result<Option<NodeMessage>>>,
+) -> Result<()> {
     let id = row.id;
     let mut reflexive = conn.remote_address();
     let mut check = tokio::time::interval(REFLEXIVE_CHECK);
     let mut seen = tokio::time::interval(LAST_SEEN_EVERY);
-    let mut punches = PunchBudget::default();
+    let mut punches = TokenBucket::new(
+        MAX_PUNCHES_PER_SEC,
+        MAX_PUNCHES_PER_SEC,
+        std::time::Instant::now(),
+    );
     loop {
         tokio::select! {
-            frame = read_frame(&mut recv) => {
-                match frame? {
-                    None => return Ok(()),
-                    Some(msg) => handle(mesh, row, msg, &mut punches)?,
+            frame = frames.recv() => {
+                match frame.transpose()? {
+                    None | Some(None) => return Ok(()),
+                    Some(Some(msg)) => handle(mesh, row, msg, &mut punches)?,
                 }
             }
             _ = check.tick() => {
@@ -335,13 +367,6 @@ async fn run(
             }
             _ = seen.tick() => {
                 let _ = mesh.with_store(move |s| s.touch(id, unix_now())).await;
-            }
-            datagram = conn.read_datagram() => {
-                // An error means the connection ended.
-                let Ok(d) = datagram else { return Ok(()) };
-                if let Err(why) = crate::relay::forward(&mesh.registry, id, &d) {
-                    trace!(node = %id, ?why, len = d.len(), "relay datagram dropped");
-                }
             }
             reason = conn.closed() => {
                 debug!(node = %id, %reason, "connection closed");
@@ -361,37 +386,11 @@ fn announce(mesh: &Mesh, row: &NodeRow) {
     );
 }
 
-/// Caps how many punch requests one node may have brokered per second, so that a buggy or
-/// hostile node cannot make the coordinator flood its peers with `Punch` orders.
-#[derive(Default)]
-struct PunchBudget {
-    /// Start of the current one-second window.
-    window: Option<tokio::time::Instant>,
-    /// Requests brokered in it.
-    used: u32,
-}
-
-impl PunchBudget {
-    /// True if one more request may be brokered now.
-    fn take(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        if self
-            .window
-            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
-        {
-            self.window = Some(now);
-            self.used = 0;
-        }
-        self.used += 1;
-        self.used <= MAX_PUNCHES_PER_SEC
-    }
-}
-
 fn handle(
     mesh: &Arc<Mesh>,
     row: &NodeRow,
     msg: NodeMessage,
-    punches: &mut PunchBudget,
+    punches: &mut TokenBucket,
 ) -> Result<()> {
     let id = row.id;
     match msg {
@@ -412,7 +411,7 @@ fn handle(
             }
         }
         NodeMessage::PunchRequest { peer } => {
-            if punches.take() {
+            if punches.take(1, std::time::Instant::now()) {
                 broker_punch(mesh, id, peer);
             } else {
                 debug!(node = %id, %peer, "punch request over budget ignored");
@@ -465,16 +464,7 @@ fn broker_punch(mesh: &Mesh, a: NodeId, b: NodeId) {
 
 #[cfg(test)]
 mod tests {
-    use super::{clean_name, PunchBudget, MAX_PUNCHES_PER_SEC};
-
-    #[test]
-    fn punch_budget_caps_a_second_then_refills() {
-        let mut b = PunchBudget::default();
-        let granted = (0..MAX_PUNCHES_PER_SEC * 2).filter(|_| b.take()).count();
-        assert_eq!(granted, MAX_PUNCHES_PER_SEC as usize);
-        std::thread::sleep(std::time::Duration::from_millis(1050));
-        assert!(b.take());
-    }
+    use super::clean_name;
 
     #[test]
     fn names_are_cleaned() {

@@ -33,17 +33,27 @@ impl Drop for TempDir {
 
 /// A mesh over a fresh data directory, with its identity.
 pub fn mesh() -> (TempDir, Arc<Mesh>, crate::datadir::Identity) {
+    mesh_with(crate::relay::RelayLimits::default())
+}
+
+/// A mesh over a fresh data directory with the given relay limits, with its identity.
+pub fn mesh_with(
+    limits: crate::relay::RelayLimits,
+) -> (TempDir, Arc<Mesh>, crate::datadir::Identity) {
     let dir = TempDir::new();
     let dd = DataDir::open_or_init(&dir.0).unwrap();
     let identity = dd.identity().unwrap();
     let store: Arc<dyn Store> = Arc::new(dd.store().unwrap());
-    let mesh = Arc::new(Mesh::new(
-        store,
-        "10.99.0.0/24".parse().unwrap(),
-        "127.0.0.1:7443".parse().unwrap(),
-        identity.fingerprint,
-        "test-admin-token-0123456789".into(),
-    ));
+    let mesh = Arc::new(
+        Mesh::new(
+            store,
+            "10.99.0.0/24".parse().unwrap(),
+            "127.0.0.1:7443".parse().unwrap(),
+            identity.fingerprint,
+            "test-admin-token-0123456789".into(),
+        )
+        .with_relay_limits(limits),
+    );
     (dir, mesh, identity)
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod http;
+mod relay;
 mod session;
 
 use std::sync::Arc;
