@@ -196,6 +196,14 @@ fn serve_invite_api_and_restart() {
     assert_eq!(invites.as_array().unwrap().len(), 2);
     assert_eq!(invites[0]["uses_left"], 2);
     assert_eq!(get(&http, "/v1/health", None).0, 401);
+    let (status, body) = get(&http, "/v1/health", Some(token.trim()));
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["relay"]["forwarded_packets"], 0);
+    assert_eq!(
+        health["relay"]["limits"]["bytes_per_sec"], 25_000_000,
+        "default 200 Mbit/s per node"
+    );
 
     assert!(terminate(s), "SIGTERM ends serve with status 0");
 
@@ -217,6 +225,8 @@ fn bad_values_are_refused() {
         &["invite", "create", "--uses", "0"],
         &["serve", "--network", "10.0.0.0/99"],
         &["serve", "--listen", "nowhere"],
+        &["serve", "--relay-rate-mbit", "0"],
+        &["serve", "--relay-rate-pps", "many"],
         &["serve", "--bogus"],
     ] {
         let out = Command::new(BIN)

@@ -209,3 +209,49 @@ async fn a_flooding_node_is_held_to_its_limit_and_does_not_starve_others() {
     );
     assert!(r.per_source.keys().all(|k| *k == na || *k == nc));
 }
+
+/// Measurement (run with `--ignored --nocapture`): how many datagrams the coordinator forwards
+/// per second on loopback with limits out of the way, one sender flooding one receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, prints figures"]
+async fn relay_throughput_on_loopback() {
+    let (_d, mesh, identity) = mesh_with(RelayLimits::new(100_000, 10_000_000));
+    let addr = start(&mesh, &identity);
+    let mut n = nodes(addr, &mesh, 41, 2).await;
+    let (b, nb) = n.pop().unwrap();
+    let (a, na) = n.pop().unwrap();
+    let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (conn, got) = (b.conn.clone(), got.clone());
+        tokio::spawn(async move {
+            while let Ok(d) = conn.read_datagram().await {
+                assert_eq!(relay::parse(&d).unwrap().0, na);
+                got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    const RUN: Duration = Duration::from_secs(3);
+    let datagram = axum::body::Bytes::from(relay::build(nb, &[0x55; 1000]));
+    let t0 = Instant::now();
+    while t0.elapsed() < RUN {
+        for _ in 0..64 {
+            let _ = a.conn.send_datagram(datagram.clone());
+        }
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader.abort();
+    let stats = &mesh.relay.stats;
+    let forwarded = stats.forwarded_packets();
+    let received = got.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "throughput: forwarded {forwarded} ({:.0}/s, {:.1} Mbit/s), B received {received}, \
+         rate-limited {}, congested {}",
+        forwarded as f64 / RUN.as_secs_f64(),
+        forwarded as f64 * 1008.0 * 8.0 / RUN.as_secs_f64() / 1e6,
+        stats.dropped(Dropped::RateBytes) + stats.dropped(Dropped::RatePackets),
+        stats.dropped(Dropped::Congested),
+    );
+    assert!(received <= forwarded);
+    assert!(forwarded > 0);
+}
