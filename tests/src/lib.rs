@@ -24,6 +24,7 @@ pub mod names;
 pub mod nat;
 pub mod netns;
 pub mod process;
+pub mod report;
 pub mod warren;
 
 pub use lab::{Host, Lab, Site, COORDINATOR_IP, SPARE_IP};

@@ -52,7 +52,7 @@ fn failed_join(lab: &mut Lab, host: &Host, token: &str, label: &str) -> Result<S
         )
         .with_context(|| format!("{label}: warren join with a bad token did not exit"))?;
     let err = out.stderr.trim();
-    eprintln!("[{label}] exit {} stderr: {err}", out.code());
+    warren_lab::note!("[{label}] exit {} stderr: {err}", out.code());
     ensure!(
         !out.success(),
         "{label}: warren join succeeded with a bad token"
@@ -263,7 +263,7 @@ fn garbage_datagrams_get_no_reply_and_do_no_harm() {
         if let Some((n, from)) = got_reply(&sock)? {
             bail!("the node answered garbage: {n} bytes from {from}");
         }
-        eprintln!("[garbage-udp] {sent} garbage datagrams to {node_addr}: no reply");
+        warren_lab::note!("[garbage-udp] {sent} garbage datagrams to {node_addr}: no reply");
         ensure!(
             lab.proc_mut(target.proc).try_exit().is_none(),
             "the node died after garbage datagrams"
@@ -326,7 +326,7 @@ fn bad_flags_get_one_line_errors() {
             let out = lab.exec(&host.ns, &full, CLI_TIMEOUT)?;
             let err = out.stderr.trim();
             let lines = err.lines().filter(|l| !l.trim().is_empty()).count();
-            eprintln!(
+            warren_lab::note!(
                 "[{label}] exit {} ({lines} stderr lines): {err}",
                 out.code()
             );

@@ -79,7 +79,7 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
             lab.ping(&p.a.host, p.ip_b, 3)?,
             "tunnel died with the coordinator"
         );
-        eprintln!("[lifecycle] coordinator down: alpha <-> bravo still pings");
+        warren_lab::note!("[lifecycle] coordinator down: alpha <-> bravo still pings");
 
         // A node restarted with `warren up` while the coordinator is still down comes back on
         // its saved address and reaches its peer from the cached peer list.
@@ -96,7 +96,9 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
             p.ip_a,
             "bravo -> restarted alpha (coordinator down)",
         )?;
-        eprintln!("[lifecycle] alpha restarted with `up`, coordinator down: ping after {t:.2?}");
+        warren_lab::note!(
+            "[lifecycle] alpha restarted with `up`, coordinator down: ping after {t:.2?}"
+        );
 
         // The coordinator restarted on its data dir: both nodes log in again by themselves.
         let coord2 = lab.restart_coordinator(&p.coord, "coordinator-restarted")?;
@@ -113,7 +115,7 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
                 bail!("online: {names:?}")
             },
         )?;
-        eprintln!(
+        warren_lab::note!(
             "[lifecycle] both nodes online {:.2?} after the coordinator restart",
             t.elapsed()
         );
@@ -144,7 +146,9 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
         let c = lab.join(&sc.hosts[0], &tc, "charlie", None)?;
         lab.wait_node_ready(&c)?;
         let t = wait_ping(lab, &c.host, p.ip_a, "new node charlie -> alpha")?;
-        eprintln!("[lifecycle] charlie joined after the restart, ping to alpha after {t:.2?}");
+        warren_lab::note!(
+            "[lifecycle] charlie joined after the restart, ping to alpha after {t:.2?}"
+        );
         Ok(())
     });
 }
@@ -184,7 +188,7 @@ fn tcp_throughput_through_the_tunnel() {
             .as_f64()
             .context("no end.sum_received.bits_per_second in iperf3 output")?;
         let retr = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-        eprintln!(
+        warren_lab::note!(
             "[throughput] one TCP stream alpha -> bravo (eim+eim, {} binaries): {:.1} Mbit/s, {retr} retransmits",
             std::env::var("WARREN_LAB_PROFILE").unwrap_or_else(|_| "debug".into()),
             bps / 1e6
@@ -231,7 +235,7 @@ fn removed_node_is_cut_off() {
             Duration::from_millis(200),
             || Ok((!lab.ping(&p.b.host, p.ip_a, 1)?).then_some(())),
         )?;
-        eprintln!(
+        warren_lab::note!(
             "[remove-node] alpha cut off {:.2?} after DELETE",
             t.elapsed()
         );
@@ -264,7 +268,7 @@ fn node_behind_renumbered_nat_roams() {
 
         let new_ip = Ipv4Addr::new(198, 51, 100, 77);
         lab.renumber_site(&sa, new_ip)?;
-        eprintln!(
+        warren_lab::note!(
             "[roaming] alpha's router moved from {} to {new_ip}",
             sa.hosts[0].public_ip
         );
@@ -280,7 +284,7 @@ fn node_behind_renumbered_nat_roams() {
             ip_a,
             "bravo -> alpha after alpha's NAT renumbered",
         )?;
-        eprintln!("[roaming] mesh ping after renumbering: alpha->bravo {t:.2?}, then bravo->alpha {t2:.2?}");
+        warren_lab::note!("[roaming] mesh ping after renumbering: alpha->bravo {t:.2?}, then bravo->alpha {t2:.2?}");
         let t0 = Instant::now();
         wait_for(
             "bravo to reach alpha directly at its new address",
@@ -300,7 +304,7 @@ fn node_behind_renumbered_nat_roams() {
                 bail!("bravo sees alpha {} via {:?}", st.path, st.endpoint)
             },
         )?;
-        eprintln!(
+        warren_lab::note!(
             "[roaming] bravo direct to alpha's new address {:.2?} later",
             t0.elapsed()
         );

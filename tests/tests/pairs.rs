@@ -108,9 +108,10 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
         let b = lab.join(&hb, &tb, "bravo", port_b)?;
         let ip_a = lab.wait_node_ready(&a)?;
         let ip_b = lab.wait_node_ready(&b)?;
-        eprintln!(
+        warren_lab::note!(
             "[{test}] alpha {} = {ip_a}, bravo {} = {ip_b}",
-            ha.ip, hb.ip
+            ha.ip,
+            hb.ip
         );
 
         // First packet across the mesh (punching may take a few rounds).
@@ -122,7 +123,7 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
             || Ok(lab.ping(&ha, ip_b, 1)?.then_some(())),
         )?;
         let first_ping = started.elapsed();
-        eprintln!("[{test}] time from node start to first ping: {first_ping:.2?}");
+        warren_lab::note!("[{test}] time from node start to first ping: {first_ping:.2?}");
         ensure!(
             lab.ping(&ha, ip_b, 3)?,
             "ping -c 3 alpha -> bravo failed after the first ping"
@@ -163,7 +164,7 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
                 )
             },
         )?;
-        eprintln!(
+        warren_lab::note!(
             "[{test}] {want} on both sides {:.2?} after the first ping",
             t0.elapsed()
         );
@@ -179,7 +180,7 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
                 !ep.ends_with(&format!(":{TRAP_PORT_A}")),
                 "the trap did not fire (alpha reached at {ep}): the test proves nothing"
             );
-            eprintln!("[{test}] trap fired: alpha's flow to bravo was remapped to {ep}");
+            warren_lab::note!("[{test}] trap fired: alpha's flow to bravo was remapped to {ep}");
         }
 
         // Bulk traffic must not touch the coordinator.
@@ -193,7 +194,7 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
         let coord_bytes = (rx1 - rx0) + (tx1 - tx0);
         // IP + ICMP headers on top of the payload, both directions.
         let mesh_bytes = u64::from(replies) * u64::from(PING_SIZE + 28) * 2;
-        eprintln!(
+        warren_lab::note!(
             "[{test}] bulk: {replies}/{PING_COUNT} echo replies of {PING_SIZE} B in {bulk_time:.2?}; \
              mesh carried ~{mesh_bytes} B, coordinator link saw {coord_bytes} B \
              (rx {} tx {})",
@@ -226,7 +227,7 @@ fn pair(test: &str, kind_a: SiteKind, kind_b: SiteKind, expect: Expect) {
                     (path == "relay" && relayed) || (path == "direct" && direct),
                     "alpha reports {path:?} for bravo but the coordinator saw {coord_bytes} B of {mesh_bytes} B"
                 );
-                eprintln!("[{test}] settled on {path}");
+                warren_lab::note!("[{test}] settled on {path}");
             }
         }
         let sent_after = peer_u64(lab, &a, "bravo", "tx_bytes")?;
@@ -317,9 +318,10 @@ fn check_endpoint(lab: &mut Lab, node: &Node, peer: &str, peer_host: &Host) -> R
             "its public address"
         }
     );
-    eprintln!(
+    warren_lab::note!(
         "[{}] {} -> {peer}: direct via {endpoint}",
-        lab.test, node.name
+        lab.test,
+        node.name
     );
     Ok(())
 }
