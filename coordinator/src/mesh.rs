@@ -86,6 +86,7 @@ impl Mesh {
         let removed = self.with_store(move |s| s.remove_node(id)).await?;
         if removed {
             self.registry.evict(id, "removed from the mesh");
+            self.relay.forget(id);
             self.registry
                 .broadcast_except(id, &CoordMessage::PeerRemoved { node_id: id });
         }

@@ -10,15 +10,16 @@
 //! Relay is best effort like any UDP path. A datagram is dropped, and counted by reason in
 //! [`RelayStats`], when it is shorter than its header, names its sender, names a node that is not
 //! online in this mesh (the registry holds only logged-in, registered nodes), exceeds its
-//! sender's rate limits ([`RelayLimits`], one [`SourceLimiter`] per connected node), would
-//! overflow the destination connection's datagram send buffer (a slow receiver: the new datagram
-//! is dropped rather than evicting older ones, possibly other senders', and nothing ever waits),
-//! or does not fit the destination connection's current datagram size.
+//! sender's rate limits ([`RelayLimits`]; one [`SourceLimiter`] per node, kept across its
+//! reconnections), would overflow the destination connection's datagram send buffer (a slow
+//! receiver: the new datagram is dropped rather than evicting older ones, possibly other
+//! senders', and nothing ever waits), or does not fit the destination's current datagram size.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use tracing::trace;
 use warren_proto::ids::NodeId;
 use warren_proto::relay;
@@ -219,13 +220,31 @@ impl RelayStats {
     }
 }
 
-/// Relay settings and counters of a running coordinator.
+/// Relay settings, per-node budgets and counters of a running coordinator.
 #[derive(Debug, Default)]
 pub struct Relay {
     /// Limits applied to each source node.
     pub limits: RelayLimits,
     /// Counters.
     pub stats: RelayStats,
+    /// Each node's budget, kept across its reconnections (a node must not get a fresh burst
+    /// by logging in again); one entry per registered node that has been online.
+    limiters: DashMap<NodeId, Arc<Mutex<SourceLimiter>>>,
+}
+
+impl Relay {
+    /// Node `id`'s budget (full buckets as of `now` if it has none yet).
+    pub fn limiter(&self, id: NodeId, now: Instant) -> Arc<Mutex<SourceLimiter>> {
+        self.limiters
+            .entry(id)
+            .or_insert_with(|| Arc::new(Mutex::new(SourceLimiter::new(self.limits, now))))
+            .clone()
+    }
+
+    /// Forgets a removed node's budget.
+    pub fn forget(&self, id: NodeId) {
+        self.limiters.remove(&id);
+    }
 }
 
 /// Decides where a datagram of node `from` goes: its destination's connection, or why not.
@@ -255,18 +274,22 @@ pub fn route(
 /// the control session never waits on relay work, and relay never waits on anything: sending a
 /// QUIC datagram only queues it.
 pub async fn relay_loop(mesh: Arc<Mesh>, conn: quinn::Connection, from: NodeId) {
-    let mut limiter = SourceLimiter::new(mesh.relay.limits, Instant::now());
+    let limiter = mesh.relay.limiter(from, Instant::now());
     let header = from.0.to_be_bytes();
     while let Ok(datagram) = conn.read_datagram().await {
         let len = datagram.len();
-        let outcome = route(
-            &mesh.registry,
-            &mut limiter,
-            from,
-            &datagram,
-            Instant::now(),
-        )
-        .and_then(|dest| {
+        // Uncontended but for the moment a reconnecting node has two connections.
+        let routed = {
+            let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
+            route(
+                &mesh.registry,
+                &mut limiter,
+                from,
+                &datagram,
+                Instant::now(),
+            )
+        };
+        let outcome = routed.and_then(|dest| {
             // Rewrite the id in place when the buffer is ours alone (no allocation), else
             // build one new datagram.
             let out = match datagram.try_into_mut() {
@@ -290,6 +313,7 @@ pub async fn relay_loop(mesh: Arc<Mesh>, conn: quinn::Connection, from: NodeId) 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -341,6 +365,36 @@ mod tests {
         let bound = limits.burst_bytes() + limits.bytes_per_sec * 2;
         assert!(bytes <= bound, "{bytes} > {bound}");
         assert!(bytes >= limits.bytes_per_sec * 2, "{bytes}");
+    }
+
+    #[test]
+    fn a_node_keeps_its_budget_across_reconnections_until_removed() {
+        let t0 = Instant::now();
+        let relay = Relay {
+            limits: RelayLimits::new(1, 10),
+            ..Relay::default()
+        };
+        let id = NodeId(7);
+        let first = relay.limiter(id, t0);
+        let granted = (0..100)
+            .filter(|_| first.lock().unwrap().admit(100, t0).is_ok())
+            .count();
+        assert_eq!(granted as u64, MIN_BURST_PACKETS);
+        // A second connection of the same node finds the bucket as the first left it.
+        let again = relay.limiter(id, t0);
+        assert_eq!(
+            again.lock().unwrap().admit(100, t0),
+            Err(Dropped::RatePackets)
+        );
+        // Another node has its own.
+        assert!(relay
+            .limiter(NodeId(8), t0)
+            .lock()
+            .unwrap()
+            .admit(100, t0)
+            .is_ok());
+        relay.forget(id);
+        assert!(relay.limiter(id, t0).lock().unwrap().admit(100, t0).is_ok());
     }
 
     #[test]
