@@ -27,7 +27,8 @@ const REFLEXIVE_CHECK: Duration = Duration::from_secs(1);
 const LAST_SEEN_EVERY: Duration = Duration::from_secs(60);
 /// Most local candidates a node may report.
 const MAX_LOCAL_CANDIDATES: usize = 16;
-/// Punch requests brokered per node per second; more are ignored. Nodes space requests per
+/// Punch requests brokered per node per second (token bucket, bursts of one second's worth);
+/// more are ignored. Nodes space requests per
 /// peer (proto `engine::peer`), so this only bites a node asking for very many peers at once
 /// or misbehaving.
 const MAX_PUNCHES_PER_SEC: u64 = 64;
@@ -332,6 +333,7 @@ async fn run(
     result
 }
 
+/// The session's event loop: control frames, reflexive-address checks and `last_seen` writes.
 async fn control_loop(
     mesh: &Arc<Mesh>,
     conn: &quinn::Connection,
