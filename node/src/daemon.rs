@@ -28,7 +28,7 @@ use crate::control::{CandidateSource, ControlEvent};
 use crate::dataio::{DataIo, GsoBatch, RecvBufs};
 use crate::socket::{route, QuicInbox, Route};
 use crate::state::{self, SavedState};
-use crate::status::{Link, SelfStatus, StatusRequest};
+use crate::status::{path_report, Link, SelfStatus, StatusRequest};
 use crate::tunio::TunIo;
 
 /// TUN packets handled per wake-up before the engine's output is flushed; bounds latency and the
@@ -83,6 +83,8 @@ pub struct Daemon {
     relay_max: Option<usize>,
     /// Relay datagrams dropped because they did not fit the connection's datagram size.
     relay_too_large: u64,
+    /// A path changed (or the coordinator connection is new) since the last `PathReport`.
+    paths_dirty: bool,
 }
 
 /// Why the daemon loop ended.
@@ -151,6 +153,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
             relay: None,
             relay_max: None,
+            paths_dirty: false,
             relay_too_large: 0,
         })
     }
@@ -334,7 +337,15 @@ impl Daemon {
                         .and_then(|s| s.relay_reason)
                         .map(|r| r.to_string());
                     tracing::info!(%peer, name, ?path, reason, "path changed");
+                    self.paths_dirty = true;
                 }
+            }
+        }
+        if self.paths_dirty && self.relay.is_some() {
+            // One report per flush however many paths changed: the coordinator shows them.
+            let report = path_report(&self.engine.peer_status(Instant::now()));
+            if self.io.outbox.try_send(report).is_ok() {
+                self.paths_dirty = false;
             }
         }
     }
@@ -390,6 +401,8 @@ impl Daemon {
                 self.relay_max = max;
                 self.relay = Some(conn);
                 self.engine.set_relay_available(max.is_some(), now);
+                // A fresh coordinator connection knows nothing of our paths yet.
+                self.paths_dirty = true;
                 false
             }
             ControlEvent::Disconnected => {

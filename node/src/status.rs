@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use warren_proto::control::PeerRecord;
+use warren_proto::control::{NodeMessage, PathInfo, PathState};
 use warren_proto::engine::{PathKind, PeerStatus};
 use warren_proto::ids::{MeshIp, NodeId, PublicKey};
 
@@ -99,6 +100,25 @@ pub struct PeerLine {
     pub last_handshake_s: Option<u64>,
     /// Whether the coordinator lists the peer as connected.
     pub online: bool,
+}
+
+/// The `PathReport` the coordinator shows operators: every peer's path, reason and endpoint.
+pub fn path_report(peers: &[PeerStatus]) -> NodeMessage {
+    NodeMessage::PathReport {
+        paths: peers
+            .iter()
+            .map(|p| PathInfo {
+                peer: p.node_id,
+                path: match p.path {
+                    PathKind::Direct => PathState::Direct,
+                    PathKind::Relay => PathState::Relay,
+                    PathKind::Connecting => PathState::Connecting,
+                },
+                reason: p.relay_reason.map(|r| r.to_string()),
+                endpoint: p.endpoint,
+            })
+            .collect(),
+    }
 }
 
 /// Merges the coordinator's peer records with the engine's per-peer status.

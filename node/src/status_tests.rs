@@ -18,9 +18,8 @@ fn rec(id: u64, online: bool) -> PeerRecord {
     }
 }
 
-fn report() -> StatusReport {
-    let records = [rec(3, false), rec(2, true), rec(4, true)];
-    let engine = vec![
+fn engine_statuses() -> Vec<PeerStatus> {
+    vec![
         PeerStatus {
             node_id: NodeId(2),
             name: "peer2".into(),
@@ -45,7 +44,12 @@ fn report() -> StatusReport {
             last_handshake: Some(Duration::from_secs(1)),
             relay_reason: Some(RelayReason::PunchTimedOut),
         },
-    ];
+    ]
+}
+
+fn report() -> StatusReport {
+    let records = [rec(3, false), rec(2, true), rec(4, true)];
+    let engine = engine_statuses();
     StatusReport {
         me: SelfStatus {
             name: "alpha".into(),
@@ -145,4 +149,28 @@ async fn socket_round_trip_and_no_daemon_error() {
     answerer.abort();
     let _ = server.await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn path_report_carries_path_reason_and_endpoint() {
+    use warren_proto::control::{NodeMessage, PathState};
+    let statuses = engine_statuses();
+    let NodeMessage::PathReport { paths } = crate::status::path_report(&statuses) else {
+        panic!("a path report")
+    };
+    assert_eq!(paths.len(), statuses.len());
+    for (info, st) in paths.iter().zip(&statuses) {
+        assert_eq!(info.peer, st.node_id);
+        assert_eq!(info.endpoint, st.endpoint);
+        assert_eq!(info.reason, st.relay_reason.map(|r| r.to_string()));
+        let want = match st.path {
+            PathKind::Direct => PathState::Direct,
+            PathKind::Relay => PathState::Relay,
+            PathKind::Connecting => PathState::Connecting,
+        };
+        assert_eq!(info.path, want);
+    }
+    assert!(paths
+        .iter()
+        .any(|p| p.path == PathState::Relay && p.reason.is_some()));
 }

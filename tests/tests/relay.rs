@@ -11,7 +11,7 @@ use serde_json::Value;
 use warren_lab::cmd::wait_for;
 use warren_lab::lab::EXEC_TIMEOUT;
 use warren_lab::netns::nft_load;
-use warren_lab::{Host, Lab, Node, Site, SiteKind};
+use warren_lab::{Coordinator, Host, Lab, Node, Site, SiteKind};
 
 /// From both daemons started to the first ping answered across the mesh. The relay needs no
 /// punching, so this is mostly login time.
@@ -48,6 +48,7 @@ fn path_of(lab: &mut Lab, node: &Node, peer: &str) -> Result<(String, Option<Str
 
 /// Two ready nodes, their mesh addresses and sites.
 struct Pair {
+    coord: Coordinator,
     a: Node,
     b: Node,
     ip_a: Ipv4Addr,
@@ -67,6 +68,7 @@ fn setup(lab: &mut Lab, ka: SiteKind, kb: SiteKind) -> Result<Pair> {
     let ip_a = lab.wait_node_ready(&a)?;
     let ip_b = lab.wait_node_ready(&b)?;
     Ok(Pair {
+        coord,
         a,
         b,
         ip_a,
@@ -140,7 +142,12 @@ fn logged_sizes(lab: &Lab, node: &Node) -> Vec<String> {
 fn relay_sym_sym_pings_over_the_relay() {
     Lab::run_test("relay-sym-sym", |lab| {
         let Pair {
-            a, b, ip_a, ip_b, ..
+            coord,
+            a,
+            b,
+            ip_a,
+            ip_b,
+            ..
         } = setup(lab, SiteKind::Sym, SiteKind::Sym)?;
         let t = first_ping(lab, &a, &b, ip_b)?;
         eprintln!("[relay-sym-sym] time from node start to first ping over the relay: {t:.2?}");
@@ -167,6 +174,26 @@ fn relay_sym_sym_pings_over_the_relay() {
             );
             eprintln!("[relay-sym-sym] {} -> {peer}: relay ({reason})", node.name);
         }
+        // The operator sees the same from one place: GET /v1/peers lists each node's paths.
+        wait_for(
+            "relayed paths in GET /v1/peers",
+            SWITCH,
+            Duration::ZERO,
+            || {
+                let (code, body) = lab.api_get(&coord, "/v1/peers", true)?;
+                ensure!(code == 200, "GET /v1/peers answered {code}");
+                let peers: Value = serde_json::from_str(&body)?;
+                let relayed = |me: &str, peer: &str| {
+                    peers.as_array().into_iter().flatten().any(|n| {
+                        n["name"] == me
+                            && n["paths"].as_array().into_iter().flatten().any(|p| {
+                                p["peer"] == peer && p["path"] == "relay" && p["reason"].is_string()
+                            })
+                    })
+                };
+                Ok((relayed("alpha", "bravo") && relayed("bravo", "alpha")).then_some(()))
+            },
+        )?;
         for node in [&a, &b] {
             eprintln!(
                 "[relay-sym-sym] {} control connection: {:?}",
@@ -214,6 +241,7 @@ fn relay_eim_eim_goes_direct_falls_back_and_returns() {
             ip_a,
             ip_b,
             site_a,
+            ..
         } = setup(lab, SiteKind::Eim, SiteKind::Eim)?;
         let t = first_ping(lab, &a, &b, ip_b)?;
         eprintln!("[relay-eim-eim] time from node start to first ping: {t:.2?}");
