@@ -11,8 +11,8 @@
 //! ```
 //!
 //! From a node the id names the *destination*; the coordinator rewrites it to the *source* node's
-//! id before forwarding, so the receiver knows whose session to decrypt with. The same format is
-//! implemented by `warren-coordinator`'s `relay` module.
+//! id before forwarding, so the receiver knows whose session to decrypt with. This module is the
+//! one definition of the format: the node's engine and the coordinator's forwarder both use it.
 
 use crate::ids::NodeId;
 
