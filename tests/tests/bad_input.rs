@@ -327,8 +327,12 @@ fn bad_flags_get_one_line_errors() {
             let err = out.stderr.trim();
             let lines = err.lines().filter(|l| !l.trim().is_empty()).count();
             warren_lab::note!(
-                "[{label}] exit {} ({lines} stderr lines): {err}",
-                out.code()
+                "[{label}] exit {} ({lines} stderr lines): {}",
+                out.code(),
+                err.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             );
             if out.success() || out.code() < 0 {
                 failures.push(format!("{label}: exit {}", out.code()));
