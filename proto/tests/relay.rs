@@ -338,3 +338,19 @@ fn relayed_garbage_is_counted_not_fatal() {
     assert_eq!(d.relay_malformed, 1);
     assert_eq!(d.malformed + d.relay_probe, 2);
 }
+
+#[test]
+fn udp_blocked_is_the_reason_for_relayed_peers() {
+    let mut s = relayed_pair(Some(NatKind::Sym), Some(NatKind::Sym), 113);
+    s.traffic_both_ways(0, 1, 100 * MS, 2 * SEC);
+    assert!(both(&s, PathKind::Relay));
+    assert_ne!(s.status(0, 1).relay_reason, Some(RelayReason::UdpBlocked));
+    s.nodes[0].engine.set_udp_blocked(true);
+    assert_eq!(s.status(0, 1).relay_reason, Some(RelayReason::UdpBlocked));
+    // Only the status changes: the other node and the traffic are untouched.
+    assert_ne!(s.status(1, 0).relay_reason, Some(RelayReason::UdpBlocked));
+    s.traffic_both_ways(0, 1, 100 * MS, 2 * SEC);
+    assert!(both(&s, PathKind::Relay));
+    s.nodes[0].engine.set_udp_blocked(false);
+    assert_ne!(s.status(0, 1).relay_reason, Some(RelayReason::UdpBlocked));
+}

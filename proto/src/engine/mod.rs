@@ -188,6 +188,7 @@ impl Engine {
                 transmits: VecDeque::new(),
                 relay_transmits: VecDeque::new(),
                 relay_available: false,
+                udp_blocked: false,
                 events: VecDeque::new(),
                 drops: DropCounters::default(),
                 last_timestamp: None,
@@ -462,6 +463,17 @@ impl Engine {
     /// Per-peer status.
     pub fn peer_status(&self, now: Instant) -> Vec<PeerStatus> {
         let mut v: Vec<PeerStatus> = self.peers.values().map(|p| p.status(now)).collect();
+        if self.shared.udp_blocked {
+            for s in &mut v {
+                // Punching cannot work without UDP; say so instead of the punch state. Reasons
+                // that the relay itself is not usable stay.
+                if let Some(r) = &mut s.relay_reason {
+                    if !matches!(r, RelayReason::PeerOffline | RelayReason::RelayUnavailable) {
+                        *r = RelayReason::UdpBlocked;
+                    }
+                }
+            }
+        }
         v.sort_by_key(|s| s.node_id);
         v
     }

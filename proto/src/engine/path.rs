@@ -83,6 +83,9 @@ pub enum RelayReason {
     Verifying,
     /// This node has no working relay (control connection down).
     RelayUnavailable,
+    /// This node reaches the coordinator over TCP only (UDP is blocked on its network), so no
+    /// direct path can exist; the shell says so with `Engine::set_udp_blocked`.
+    UdpBlocked,
 }
 
 impl fmt::Display for RelayReason {
@@ -95,6 +98,7 @@ impl fmt::Display for RelayReason {
             Self::PeerOffline => "peer offline",
             Self::Verifying => "verifying direct path",
             Self::RelayUnavailable => "relay unavailable",
+            Self::UdpBlocked => "udp blocked",
         })
     }
 }
@@ -349,5 +353,6 @@ mod tests {
         assert_eq!(s, [1, 2, 8, 30, 30]);
         assert_eq!(RelayReason::PunchTimedOut.to_string(), "punch timed out");
         assert_eq!(RelayReason::DirectLost.to_string(), "direct path lost");
+        assert_eq!(RelayReason::UdpBlocked.to_string(), "udp blocked");
     }
 }

@@ -80,6 +80,18 @@ impl Engine {
         }
     }
 
+    /// Whether the shell reaches the coordinator over TCP only because UDP is blocked. Only
+    /// `warren status` changes: peers that are not direct show [`RelayReason::UdpBlocked`]
+    /// (punching still runs, in case UDP works towards some peers).
+    ///
+    /// [`RelayReason::UdpBlocked`]: super::RelayReason::UdpBlocked
+    pub fn set_udp_blocked(&mut self, blocked: bool) {
+        if self.shared.udp_blocked != blocked {
+            debug!(blocked, "UDP to the coordinator blocked");
+            self.shared.udp_blocked = blocked;
+        }
+    }
+
     /// Whether the shell can relay now (its control connection is up and carries datagrams).
     /// Peers without a proven direct path move to the relay at once when it becomes
     /// available; when it goes away they fall back to whatever direct address they have.

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub relay_transmits: VecDeque<RelayTransmit>,
     /// Whether the shell has a working relay (control connection with datagrams).
     pub relay_available: bool,
+    /// Whether the shell reaches the coordinator over TCP only (`Engine::set_udp_blocked`).
+    pub udp_blocked: bool,
     /// Events for the shell.
     pub events: VecDeque<Event>,
     /// Drop statistics.
