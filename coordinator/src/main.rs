@@ -124,7 +124,10 @@ fn invite_create(args: CreateArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match warren_cli::parse_or_exit::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -139,11 +142,5 @@ fn main() -> ExitCode {
             command: InviteCommand::Create(args),
         } => invite_create(args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    warren_cli::finish(result)
 }

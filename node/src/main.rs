@@ -30,7 +30,6 @@ mod testutil;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
@@ -96,58 +95,20 @@ fn parse_ifname(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// Folds a clap error into one line (the message without the usage block).
-fn one_line_clap(e: &clap::Error) -> String {
-    let rendered = e.render().to_string();
-    let head: Vec<&str> = rendered
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
-    let text = head.join(" ");
-    if text.starts_with("error:") {
-        text
-    } else {
-        format!("error: {text}")
-    }
-}
-
-/// Parses arguments; `Err` carries what to print and the exit status.
+/// Parses arguments; `Err` carries what to print and the exit status (see `warren_cli`).
+#[cfg(test)]
 fn parse_args<I, T>(args: I) -> Result<Cli, (String, u8)>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    Cli::try_parse_from(args).map_err(|e| match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => (e.render().to_string(), 0),
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => (e.render().to_string(), 1),
-        _ => (one_line_clap(&e), 1),
-    })
-}
-
-/// Formats an error chain on one line.
-fn one_line_error(e: &anyhow::Error) -> String {
-    format!("error: {e:#}").replace('\n', " ")
+    warren_cli::parse_args(args)
 }
 
 fn main() -> ExitCode {
-    let cli = match parse_args(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err((text, 0)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Err((text, code)) => {
-            eprintln!("{}", text.trim_end());
-            return ExitCode::from(code);
-        }
-    };
-    match run::main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", one_line_error(&e));
-            ExitCode::from(1)
-        }
+    match warren_cli::parse_or_exit::<Cli>() {
+        Ok(cli) => warren_cli::finish(run::main(cli)),
+        Err(code) => code,
     }
 }
 
@@ -226,11 +187,5 @@ mod tests {
         assert!(text.contains("--bogus"), "{text}");
         let (_, code) = err_of(&["warren", "--help"]);
         assert_eq!(code, 0);
-    }
-
-    #[test]
-    fn error_chains_print_on_one_line() {
-        let e = anyhow::anyhow!("inner\nproblem").context("outer");
-        assert_eq!(one_line_error(&e), "error: outer: inner problem");
     }
 }
