@@ -255,6 +255,28 @@ fn peer_restart_recovers() {
 }
 
 #[test]
+fn restarted_receiver_resyncs_at_once() {
+    // The restarted node sends nothing itself; its peer keeps sending on the session the
+    // restarted node lost. The unknown index from a known peer's address makes it handshake
+    // at once instead of waiting for the sender's ~15 s dead-path timeout.
+    let mut s = pair(Some(NatKind::Eim), None, 15);
+    s.traffic_both_ways(0, 1, 100 * MS, 3 * SEC);
+    assert!(s.direct(0, 1));
+    s.restart(1);
+    s.nodes[1].tun_rx.clear();
+    for seq in 0..30 {
+        s.send_ip(0, 1, seq);
+        s.run_for(100 * MS);
+    }
+    let got = s.received_from(1, 0);
+    assert!(
+        got.len() >= 20 && got.contains(&29),
+        "only {} of 30 packets arrived after the restart: {got:?}",
+        got.len()
+    );
+}
+
+#[test]
 fn deterministic_given_seeds() {
     let run = || {
         let mut s = pair(Some(NatKind::Eim), Some(NatKind::Eim), 11);

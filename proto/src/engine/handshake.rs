@@ -209,6 +209,33 @@ impl Engine {
         peer.report_path(&mut self.shared);
     }
 
+    /// A peer sends transport on a session we do not have: we restarted (e.g. `warren up`)
+    /// and it still uses the old one. Rather than wait for its handshake timeout (~15 s), start
+    /// a handshake now if we have a route to it, or a punch round if we have none. Only a
+    /// source that is already a known peer's endpoint, candidate or relay label counts, and the
+    /// pending-handshake and round guards keep this to one attempt at a time, so unauthenticated
+    /// packets can at most make us handshake with a listed peer.
+    fn resync_from(&mut self, from: Source, now: Instant) {
+        let Some(peer) = self.peers.values_mut().find(|p| match from {
+            Source::Relay(id) => p.id() == id,
+            Source::Udp(addr) => p.endpoint == Some(addr) || p.record.candidates.contains(&addr),
+        }) else {
+            return;
+        };
+        if peer.pending.is_some() || peer.can_send(now) {
+            return;
+        }
+        if peer.route().is_some() {
+            debug!(peer = %peer.id(), %from, "peer uses a session we lost; handshaking");
+            peer.start_handshake(&mut self.shared, now);
+        } else if peer.round.is_none() {
+            debug!(peer = %peer.id(), %from, "peer uses a session we lost; punching");
+            peer.request_punch(&mut self.shared, now);
+            peer.start_round(&mut self.shared, now);
+        }
+        peer.report_path(&mut self.shared);
+    }
+
     /// A Transport packet arrived; decrypts into `tun_out`.
     pub(super) fn on_transport(
         &mut self,
@@ -225,6 +252,7 @@ impl Engine {
         let Some(peer) = peer else {
             self.shared.drops.unknown_index += 1;
             debug!(%from, "transport for unknown index dropped");
+            self.resync_from(from, now);
             return None;
         };
         let idx = t.receiver_index;
