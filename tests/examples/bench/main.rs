@@ -1,0 +1,118 @@
+//! `scripts/bench.sh`: Warren against Nebula 1.6.1 in one NAT lab, printed as a table.
+//!
+//! Bench layer on top of the lab harness (a program, not a test: `scripts/test.sh` does not
+//! run it). One lab holds an `eim`+`eim` pair of sites (direct path) and a `sym`+`sym` pair
+//! (relayed path). Warren's coordinator and Nebula's lighthouse (also Nebula's relay) share
+//! the coordinator namespace; each node namespace runs a Warren node (`wrn0`) and a Nebula
+//! node (`neb0`). Each system is measured in turn on the same lab: iperf3 TCP one stream each
+//! way and four streams, UDP at <= 1 % loss, ping RTT, CPU seconds per GB, RSS idle and under
+//! load. The lab (namespaces, processes) is removed at the end, pass or fail.
+
+mod measure;
+mod nebula;
+mod report;
+mod run;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use warren_lab::cmd::wait_for;
+use warren_lab::warren::{HTTP_PORT, QUIC_PORT};
+use warren_lab::{Coordinator, Lab};
+
+/// Relay rate limit given to the coordinator, Mbit/s (its CLI maximum): the bench measures raw
+/// relay capacity, not the default per-node limit (200 Mbit/s).
+pub const RELAY_RATE_MBIT: u32 = 100_000;
+/// Relay packet rate limit given to the coordinator, packets/s (its CLI maximum).
+const RELAY_RATE_PPS: u32 = 10_000_000;
+/// How long the coordinator gets to come up.
+const COORDINATOR_READY: Duration = Duration::from_secs(20);
+
+fn main() {
+    if std::env::args().any(|a| a == "--sweep") {
+        match warren_lab::names::sweep_stale() {
+            Ok(gone) if !gone.is_empty() => {
+                eprintln!("bench: removed leftover namespaces {gone:?}")
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("bench: sweep failed: {e:#}"),
+        }
+        return;
+    }
+    let t0 = Instant::now();
+    let mut lab = match Lab::new("bench") {
+        Ok(lab) => lab,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let result = run::run(&mut lab);
+    match &result {
+        Ok(table) => {
+            println!("{table}");
+        }
+        Err(e) => {
+            lab.report_failure();
+            eprintln!("\nbench failed: {e:#}");
+        }
+    }
+    eprintln!("bench: removing the lab...");
+    drop(lab);
+    eprintln!("bench: done in {:.0?}", t0.elapsed());
+    if result.is_err() {
+        std::process::exit(1);
+    }
+}
+
+/// Starts Warren's coordinator with the relay limits raised to the CLI maximum.
+pub fn start_coordinator(lab: &mut Lab) -> Result<Coordinator> {
+    let bins = lab.bins()?;
+    let host = lab.coordinator_host.clone();
+    let data_dir = lab.dir().join("coordinator-data");
+    let quic = SocketAddr::from((host.ip, QUIC_PORT));
+    let http = SocketAddr::from((host.ip, HTTP_PORT));
+    let args: Vec<String> = [
+        "serve",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--listen",
+        &quic.to_string(),
+        "--http",
+        &http.to_string(),
+        "--public-addr",
+        &quic.to_string(),
+        "--relay-rate-mbit",
+        &RELAY_RATE_MBIT.to_string(),
+        "--relay-rate-pps",
+        &RELAY_RATE_PPS.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let proc = lab.spawn("coordinator", &host.ns, &bins.coordinator, &args)?;
+    let c = Coordinator {
+        host,
+        data_dir,
+        quic,
+        http,
+        proc,
+    };
+    wait_for(
+        "the coordinator to answer /v1/health",
+        COORDINATOR_READY,
+        Duration::from_millis(100),
+        || {
+            if let Some(st) = lab.proc_mut(proc).try_exit() {
+                bail!("coordinator exited early with {st}");
+            }
+            if !c.data_dir.join("admin.token").exists() {
+                return Ok(None);
+            }
+            let (code, _) = lab.api_get(&c, "/v1/health", true)?;
+            Ok((code == 200).then_some(()))
+        },
+    )?;
+    Ok(c)
+}

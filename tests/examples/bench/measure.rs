@@ -1,0 +1,288 @@
+//! The measurements: iperf3 TCP and UDP through a tunnel, ping RTT, and the CPU time and
+//! resident memory of daemons read from `/proc`.
+//!
+//! Bench layer. iperf3 runs with `--json` and the numbers are taken from the receiver's side
+//! (bytes that arrived), never from the sender's.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use warren_lab::{Host, Lab};
+
+/// Seconds of each TCP iperf3 run.
+pub const TCP_SECONDS: u32 = 5;
+/// Seconds of each UDP iperf3 step.
+pub const UDP_SECONDS: u32 = 3;
+/// UDP payload size: fits both tunnels' 1280-byte MTU with IP and UDP headers.
+const UDP_LEN: u32 = 1200;
+/// Highest loss still counted as "no loss" in the UDP search, in percent.
+pub const UDP_MAX_LOSS: f64 = 1.0;
+/// Offered UDP rate tried first, in Mbit/s; the search then doubles, quarters or bisects.
+const UDP_START_MBIT: f64 = 500.0;
+/// Number of UDP steps in the search.
+pub const UDP_STEPS: usize = 6;
+/// Pings per RTT measurement and their interval (`ping -i 0.02` needs root, which we are).
+const PING_COUNT: u32 = 50;
+/// Interval between pings, seconds.
+const PING_INTERVAL: &str = "0.02";
+/// Extra time an iperf3 client gets beyond its test length.
+const IPERF_SLACK: Duration = Duration::from_secs(20);
+/// How often RSS is sampled during a transfer.
+const RSS_SAMPLE: Duration = Duration::from_millis(100);
+
+/// One iperf3 TCP result.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Transfer {
+    /// Bytes the receiver got.
+    pub bytes: f64,
+    /// Receiver throughput, bit/s.
+    pub bps: f64,
+}
+
+/// What the daemons of one system used during a transfer.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    /// CPU seconds (user + system) summed over the watched processes.
+    pub cpu_s: f64,
+    /// Highest VmRSS seen per watched process, bytes.
+    pub peak_rss: Vec<u64>,
+}
+
+/// `iperf3 -c server [-R] [-P streams] -t TCP_SECONDS` from `client`; receiver side numbers.
+pub fn tcp(
+    lab: &Lab,
+    client: &Host,
+    server: Ipv4Addr,
+    port: u16,
+    reverse: bool,
+    streams: u32,
+) -> Result<Transfer> {
+    let mut args = vec![
+        "-c".to_string(),
+        server.to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-t".into(),
+        TCP_SECONDS.to_string(),
+        "-P".into(),
+        streams.to_string(),
+    ];
+    if reverse {
+        args.push("-R".into());
+    }
+    let v = iperf(lab, client, &args, TCP_SECONDS)?;
+    let sum = &v["end"]["sum_received"];
+    let bytes = sum["bytes"]
+        .as_f64()
+        .context("iperf3 JSON has no end.sum_received.bytes")?;
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
+    Ok(Transfer { bytes, bps })
+}
+
+/// One UDP step: offered `mbit`, returns (received bit/s, loss percent).
+fn udp_step(
+    lab: &Lab,
+    client: &Host,
+    server: Ipv4Addr,
+    port: u16,
+    mbit: f64,
+) -> Result<(f64, f64)> {
+    let args = vec![
+        "-c".to_string(),
+        server.to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-u".into(),
+        "-l".into(),
+        UDP_LEN.to_string(),
+        "-b".into(),
+        format!("{}M", mbit.round() as u64),
+        "-t".into(),
+        UDP_SECONDS.to_string(),
+    ];
+    let v = iperf(lab, client, &args, UDP_SECONDS)?;
+    // iperf3 3.12 reports the receiver's view in end.sum_received (older: end.sum).
+    let sum = if v["end"]["sum_received"].is_object() {
+        &v["end"]["sum_received"]
+    } else {
+        &v["end"]["sum"]
+    };
+    let loss = v["end"]["sum"]["lost_percent"]
+        .as_f64()
+        .or_else(|| sum["lost_percent"].as_f64())
+        .context("iperf3 JSON has no lost_percent")?;
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .context("iperf3 UDP JSON has no bits_per_second")?;
+    Ok((bps, loss))
+}
+
+/// The highest received UDP rate whose loss stayed at or under [`UDP_MAX_LOSS`], found in
+/// [`UDP_STEPS`] steps: double while clean, quarter while lossy with nothing clean yet, then
+/// bisect (geometrically) between the best clean and the lowest lossy rate. Returns the best
+/// received rate in bit/s and the lowest offered rate in Mbit/s (0 bit/s if no step was clean).
+pub fn udp_search(lab: &Lab, client: &Host, server: Ipv4Addr, port: u16) -> Result<(f64, f64)> {
+    let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
+    let mut best = 0.0f64;
+    let mut rate = UDP_START_MBIT;
+    let mut lowest = rate;
+    for _ in 0..UDP_STEPS {
+        lowest = lowest.min(rate);
+        let (bps, loss) = udp_step(lab, client, server, port, rate)?;
+        if loss <= UDP_MAX_LOSS {
+            best = best.max(bps);
+            lo = Some(lo.map_or(rate, |l: f64| l.max(rate)));
+        } else {
+            hi = Some(hi.map_or(rate, |h: f64| h.min(rate)));
+        }
+        rate = match (lo, hi) {
+            (_, None) => rate * 2.0,
+            (None, Some(h)) => h / 4.0,
+            (Some(l), Some(h)) => (l * h).sqrt(),
+        };
+    }
+    Ok((best, lowest))
+}
+
+/// Runs iperf3 with `--json` in `client`'s namespace and parses its report.
+fn iperf(lab: &Lab, client: &Host, args: &[String], seconds: u32) -> Result<Value> {
+    let mut full: Vec<&str> = vec!["iperf3", "--json"];
+    full.extend(args.iter().map(String::as_str));
+    let out = lab.exec(
+        &client.ns,
+        &full,
+        Duration::from_secs(seconds.into()) + IPERF_SLACK,
+    )?;
+    let v: Value = serde_json::from_str(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 {args:?} printed no JSON: {} {}",
+            out.stdout, out.stderr
+        )
+    })?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3 {args:?}: {e}");
+    }
+    Ok(v)
+}
+
+/// RTT samples of `PING_COUNT` pings at `PING_INTERVAL`, in milliseconds, sorted.
+pub fn ping_rtts(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<Vec<f64>> {
+    let count = PING_COUNT.to_string();
+    let target = to.to_string();
+    let out = lab.exec(
+        &from.ns,
+        &[
+            "ping",
+            "-n",
+            "-c",
+            &count,
+            "-i",
+            PING_INTERVAL,
+            "-W",
+            "1",
+            &target,
+        ],
+        Duration::from_secs(30),
+    )?;
+    let mut rtts: Vec<f64> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("time=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if rtts.len() < PING_COUNT as usize / 2 {
+        bail!(
+            "ping {from:?} -> {to}: only {} replies: {}",
+            rtts.len(),
+            out.stdout
+        );
+    }
+    rtts.sort_by(f64::total_cmp);
+    Ok(rtts)
+}
+
+/// The median of sorted samples.
+pub fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// CPU seconds (utime + stime) used so far by process `pid`.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name (which may hold spaces): state is field 3,
+    // utime field 14 and stime field 15 (proc(5)).
+    let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .context("malformed /proc/PID/stat field")
+    };
+    // `rest` starts at field 3, so field N is at index N - 3.
+    let total = ticks(14 - 3)? + ticks(15 - 3)?;
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(total / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// Resident set size (VmRSS) of process `pid`, bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/PID/status")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("malformed VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// Runs `work` while sampling the RSS of `pids`; returns its result and what the processes used.
+pub fn with_usage<T>(pids: &[u32], work: impl FnOnce() -> Result<T>) -> Result<(T, Usage)> {
+    let before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<Result<f64>>()?;
+    let done = AtomicBool::new(false);
+    let (result, peak_rss) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = vec![0u64; pids.len()];
+            while !done.load(Ordering::Relaxed) {
+                for (i, &p) in pids.iter().enumerate() {
+                    peak[i] = peak[i].max(rss_bytes(p).unwrap_or(0));
+                }
+                std::thread::sleep(RSS_SAMPLE);
+            }
+            peak
+        });
+        let result = work();
+        done.store(true, Ordering::Relaxed);
+        (result, sampler.join().unwrap_or_default())
+    });
+    let after: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<Result<f64>>()?;
+    Ok((
+        result?,
+        Usage {
+            cpu_s: after - before,
+            peak_rss,
+        },
+    ))
+}

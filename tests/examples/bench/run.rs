@@ -1,0 +1,420 @@
+//! The bench's sequence: build the lab, start both systems, measure each path of each system.
+//!
+//! Bench layer. Everything a measurement needs about one system on one pair of sites is in a
+//! [`Target`]; [`measure`] turns it into [`Metrics`], and [`run`] lays them out as a table.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use warren_lab::cmd::wait_for;
+use warren_lab::lab::which;
+use warren_lab::{Host, Lab, Node, SiteKind};
+
+use crate::measure::{self, Usage};
+use crate::nebula::Nebula;
+use crate::report::Table;
+
+/// iperf3 port of the servers (one at a time).
+const IPERF_PORT: u16 = 5201;
+/// How long a tunnel gets to carry its first ping.
+const FIRST_PING: Duration = Duration::from_secs(40);
+/// How long Warren gets to show the expected path in `warren status`.
+const PATH_SETTLE: Duration = Duration::from_secs(20);
+/// Idle time before idle RSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+/// Bytes in a gigabyte (10^9, as in Gbit/s).
+const GB: f64 = 1e9;
+/// Bytes in a megabyte (2^20, as `VmRSS` counts kB of 1024).
+const MB: f64 = 1024.0 * 1024.0;
+
+/// Two sites of one kind and the hosts on them.
+#[derive(Clone, Debug)]
+struct Pair {
+    /// `direct` or `relayed`.
+    path: &'static str,
+    /// Warren's expected `path` in `warren status`.
+    expect: &'static str,
+    /// The client's host (site A).
+    a: Host,
+    /// The server's host (site B).
+    b: Host,
+    /// Router namespace of site B (for the raw RTT).
+    router_b: String,
+}
+
+/// One system's view of one pair: overlay addresses and processes.
+#[derive(Clone, Debug)]
+struct Target {
+    /// Overlay address of the server side (B).
+    b_ip: Ipv4Addr,
+    /// Pids of the A and B daemons.
+    pids: [u32; 2],
+    /// Pid of the relay (Warren coordinator or Nebula lighthouse).
+    relay_pid: u32,
+}
+
+/// What one system did on one pair.
+#[derive(Clone, Debug, Default)]
+struct Metrics {
+    /// One TCP stream A -> B, bit/s.
+    tcp_ab: f64,
+    /// One TCP stream B -> A, bit/s.
+    tcp_ba: f64,
+    /// Four TCP streams A -> B, bit/s.
+    tcp4: f64,
+    /// Highest UDP rate with <= 1 % loss A -> B, bit/s.
+    udp: f64,
+    /// Lowest UDP rate offered in the search, Mbit/s (says how low "0" went).
+    udp_lowest_mbit: f64,
+    /// Median ping RTT through the tunnel, ms.
+    rtt_ms: f64,
+    /// CPU seconds of both daemons per GB moved (one stream A -> B).
+    cpu_per_gb: f64,
+    /// CPU seconds of the relay process per GB moved (same transfer).
+    relay_cpu_per_gb: f64,
+    /// Share of the moved bytes that went through the coordinator namespace's `eth0`.
+    via_coordinator: f64,
+    /// RSS of the A and B daemons at idle, bytes.
+    rss_idle: [u64; 2],
+    /// Peak RSS of the A and B daemons during the four-stream transfer, bytes.
+    rss_load: [u64; 2],
+}
+
+/// Builds the lab, measures, and returns the table.
+pub fn run(lab: &mut Lab) -> Result<Table> {
+    for tool in ["iperf3", "nft"] {
+        if which(tool).is_none() {
+            bail!("the bench needs {tool} on PATH (scripts/bench.sh installs iperf3)");
+        }
+    }
+    let mut table = Table::default();
+    let coord = crate::start_coordinator(lab)?;
+    let neb = Nebula::new(lab.dir())?;
+    let lighthouse = neb.start_lighthouse(lab)?;
+    let mut pairs = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut neb_nodes = Vec::new();
+    for (path, expect, kind) in [
+        ("direct", "direct", SiteKind::Eim),
+        ("relayed", "relay", SiteKind::Sym),
+    ] {
+        let sa = lab.add_site(kind)?;
+        let sb = lab.add_site(kind)?;
+        let (a, b) = (sa.hosts[0].clone(), sb.hosts[0].clone());
+        for (site, host) in [(&sa, &a), (&sb, &b)] {
+            let token = lab.invite(&coord, &[])?;
+            let name = format!("{kind}{}", site.index);
+            nodes.push(lab.join(host, &token, &name, None)?);
+            neb_nodes.push(neb.start_node(lab, &name, host, 10 + site.index as u8)?);
+        }
+        let router_b = sb.router.clone().context("a sym/eim site has a router")?;
+        // Let site B's router answer pings on its WAN address: that is the raw path.
+        lab.exec(
+            &router_b,
+            &[
+                "nft",
+                "insert",
+                "rule",
+                "ip",
+                "filter",
+                "input",
+                "icmp",
+                "type",
+                "echo-request",
+                "accept",
+            ],
+            Duration::from_secs(5),
+        )?;
+        pairs.push(Pair {
+            path,
+            expect,
+            a,
+            b,
+            router_b,
+        });
+    }
+    let mut warren_ips = Vec::new();
+    for n in &nodes {
+        warren_ips.push(lab.wait_node_ready(n)?);
+    }
+    let coord_pid = lab.proc(coord.proc).pid();
+    let lighthouse_pid = lab.proc(lighthouse.proc).pid();
+    table.note(format!(
+        "lab: eim+eim sites (direct) and sym+sym sites (relayed); Warren's coordinator runs with \
+         --relay-rate-mbit {} (raw relay capacity, default limit is 200); Nebula 1.6.1 lighthouse \
+         is its relay (am_relay), punchy on, both TUN MTUs 1280",
+        crate::RELAY_RATE_MBIT
+    ));
+    table.note(format!(
+        "TCP: iperf3 -t {} (receiver's bytes); UDP: iperf3 -u -l 1200, {}-step rate search, best \
+         received rate with <= {}% loss (start 500 Mbit/s); CPU: utime+stime of both node daemons over the one-stream \
+         A->B transfer, per GB received",
+        measure::TCP_SECONDS,
+        measure::UDP_STEPS,
+        measure::UDP_MAX_LOSS
+    ));
+    for (i, pair) in pairs.iter().enumerate() {
+        let raw = measure::ping_rtts(lab, &pair.a, wan_of(lab, pair)?)
+            .map(|r| measure::median(&r))
+            .ok();
+        table.note(format!(
+            "{}: raw RTT {} ms median = ping from A's namespace to site B's router WAN address \
+             (A -> A's NAT -> lab internet -> B's router; one veth hop short of B's node)",
+            pair.path,
+            raw.map(|r| format!("{r:.3}"))
+                .unwrap_or_else(|| "n/a".into())
+        ));
+        let (na, nb) = (&nodes[2 * i], &nodes[2 * i + 1]);
+        let warren = Target {
+            b_ip: warren_ips[2 * i + 1],
+            pids: [lab.proc(na.proc).pid(), lab.proc(nb.proc).pid()],
+            relay_pid: coord_pid,
+        };
+        let (wa, wb) = (&neb_nodes[2 * i], &neb_nodes[2 * i + 1]);
+        let nebula = Target {
+            b_ip: wb.ip,
+            pids: [lab.proc(wa.proc).pid(), lab.proc(wb.proc).pid()],
+            relay_pid: lighthouse_pid,
+        };
+        // Warren sets a tunnel up on demand: traffic first, then the path settles.
+        let w = match first_ping(lab, pair, warren.b_ip)
+            .and_then(|_| wait_warren_path(lab, na, nb, pair))
+        {
+            Ok(seen) => {
+                table.note(format!("{}: warren status shows path {seen}", pair.path));
+                measure_target(lab, pair, &warren, &coord.host)
+            }
+            Err(e) => Err(e),
+        };
+        let n = measure_target(lab, pair, &nebula, &coord.host);
+        add_rows(&mut table, pair, w, n, raw);
+    }
+    Ok(table)
+}
+
+/// Site B router's WAN address.
+fn wan_of(lab: &Lab, pair: &Pair) -> Result<Ipv4Addr> {
+    let out = lab.exec(
+        &pair.router_b,
+        &["ip", "-4", "-o", "addr", "show", "wan"],
+        Duration::from_secs(5),
+    )?;
+    out.stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next()?.parse().ok())
+        .context("site B's router has no WAN address")
+}
+
+/// Waits until A's `warren status` shows the pair's expected path to B; returns it.
+fn wait_warren_path(lab: &mut Lab, a: &Node, b: &Node, pair: &Pair) -> Result<String> {
+    wait_for(
+        &format!(
+            "warren {} to show path {} to {}",
+            a.name, pair.expect, b.name
+        ),
+        PATH_SETTLE,
+        Duration::from_millis(200),
+        || {
+            let p = lab.peer_status(a, &b.name)?;
+            Ok(p.filter(|p| p.path == pair.expect).map(|p| p.path))
+        },
+    )
+}
+
+/// Bytes received so far on the coordinator namespace's `eth0`.
+fn coordinator_rx(lab: &Lab, coord: &Host) -> Result<f64> {
+    let out = lab.exec(
+        &coord.ns,
+        &["cat", "/sys/class/net/eth0/statistics/rx_bytes"],
+        Duration::from_secs(5),
+    )?;
+    out.stdout.trim().parse().context("rx_bytes")
+}
+
+/// Waits until a ping from A to `b_ip` through the tunnel comes back.
+fn first_ping(lab: &Lab, pair: &Pair, b_ip: Ipv4Addr) -> Result<()> {
+    wait_for(
+        &format!("a ping through the tunnel to {b_ip}"),
+        FIRST_PING,
+        Duration::ZERO,
+        || Ok(lab.ping(&pair.a, b_ip, 1)?.then_some(())),
+    )
+}
+
+/// Runs every measurement of one system on one pair.
+fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Result<Metrics> {
+    first_ping(lab, pair, t.b_ip)?;
+    std::thread::sleep(IDLE_SETTLE);
+    let mut m = Metrics {
+        rss_idle: [
+            measure::rss_bytes(t.pids[0])?,
+            measure::rss_bytes(t.pids[1])?,
+        ],
+        ..Metrics::default()
+    };
+    let iperf3 = which("iperf3").context("iperf3 on PATH")?;
+    let args: Vec<String> = [
+        "-s",
+        "-B",
+        &t.b_ip.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server = lab.spawn(&format!("iperf3-{}", t.b_ip), &pair.b.ns, &iperf3, &args)?;
+    let result = (|| -> Result<Metrics> {
+        std::thread::sleep(Duration::from_millis(500));
+        let rx0 = coordinator_rx(lab, coord)?;
+        let relay_cpu0 = measure::cpu_seconds(t.relay_pid)?;
+        let (ab, usage): (_, Usage) = measure::with_usage(&t.pids, || {
+            measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 1)
+        })?;
+        let relay_cpu = measure::cpu_seconds(t.relay_pid)? - relay_cpu0;
+        let rx = coordinator_rx(lab, coord)? - rx0;
+        m.tcp_ab = ab.bps;
+        m.cpu_per_gb = usage.cpu_s / (ab.bytes / GB);
+        m.relay_cpu_per_gb = relay_cpu / (ab.bytes / GB);
+        m.via_coordinator = rx / ab.bytes;
+        m.tcp_ba = measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, true, 1)?.bps;
+        let (four, usage4) = measure::with_usage(&t.pids, || {
+            measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 4)
+        })?;
+        m.tcp4 = four.bps;
+        m.rss_load = [usage4.peak_rss[0], usage4.peak_rss[1]];
+        (m.udp, m.udp_lowest_mbit) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
+        m.rtt_ms = measure::median(&measure::ping_rtts(lab, &pair.a, t.b_ip)?);
+        Ok(m)
+    })();
+    lab.proc_mut(server).stop();
+    result
+}
+
+/// Appends one pair's rows (or n/a with the reason) to the table.
+fn add_rows(
+    table: &mut Table,
+    pair: &Pair,
+    w: Result<Metrics>,
+    n: Result<Metrics>,
+    raw_rtt: Option<f64>,
+) {
+    for (name, r) in [("warren", &w), ("nebula", &n)] {
+        match r {
+            Err(e) => table.note(format!("{} {name}: n/a: {e:#}", pair.path)),
+            Ok(m) if m.udp == 0.0 => table.note(format!(
+                "{} {name}: UDP lost more than {}% at every offered rate down to {:.0} Mbit/s",
+                pair.path,
+                measure::UDP_MAX_LOSS,
+                m.udp_lowest_mbit
+            )),
+            Ok(_) => {}
+        }
+    }
+    let (w, n) = (w.ok(), n.ok());
+    let p = pair.path;
+    let g = |m: &Option<Metrics>, f: fn(&Metrics) -> f64| m.as_ref().map(f);
+    table.row(
+        p,
+        "TCP 1 stream A->B (Gbit/s)",
+        g(&w, |m| m.tcp_ab / 1e9),
+        g(&n, |m| m.tcp_ab / 1e9),
+        3,
+        true,
+    );
+    table.row(
+        p,
+        "TCP 1 stream B->A (Gbit/s)",
+        g(&w, |m| m.tcp_ba / 1e9),
+        g(&n, |m| m.tcp_ba / 1e9),
+        3,
+        true,
+    );
+    table.row(
+        p,
+        "TCP 4 streams A->B (Gbit/s)",
+        g(&w, |m| m.tcp4 / 1e9),
+        g(&n, |m| m.tcp4 / 1e9),
+        3,
+        true,
+    );
+    table.row(
+        p,
+        "UDP <=1% loss A->B (Gbit/s)",
+        g(&w, |m| m.udp / 1e9),
+        g(&n, |m| m.udp / 1e9),
+        3,
+        true,
+    );
+    table.row(
+        p,
+        "ping RTT median (ms)",
+        g(&w, |m| m.rtt_ms),
+        g(&n, |m| m.rtt_ms),
+        3,
+        false,
+    );
+    let added = |m: &Option<Metrics>| Some(m.as_ref()?.rtt_ms - raw_rtt?);
+    table.row(p, "added RTT vs raw (ms)", added(&w), added(&n), 3, false);
+    table.row(
+        p,
+        "CPU s/GB, both nodes",
+        g(&w, |m| m.cpu_per_gb),
+        g(&n, |m| m.cpu_per_gb),
+        2,
+        false,
+    );
+    if p == "relayed" {
+        table.row(
+            p,
+            "CPU s/GB, relay process",
+            g(&w, |m| m.relay_cpu_per_gb),
+            g(&n, |m| m.relay_cpu_per_gb),
+            2,
+            false,
+        );
+    }
+    table.row(
+        p,
+        "bytes via coordinator ns (%)",
+        g(&w, |m| 100.0 * m.via_coordinator),
+        g(&n, |m| 100.0 * m.via_coordinator),
+        1,
+        false,
+    );
+    table.row(
+        p,
+        "RSS idle A (MB)",
+        g(&w, |m| m.rss_idle[0] as f64 / MB),
+        g(&n, |m| m.rss_idle[0] as f64 / MB),
+        1,
+        false,
+    );
+    table.row(
+        p,
+        "RSS idle B (MB)",
+        g(&w, |m| m.rss_idle[1] as f64 / MB),
+        g(&n, |m| m.rss_idle[1] as f64 / MB),
+        1,
+        false,
+    );
+    table.row(
+        p,
+        "RSS load A, 4 streams (MB)",
+        g(&w, |m| m.rss_load[0] as f64 / MB),
+        g(&n, |m| m.rss_load[0] as f64 / MB),
+        1,
+        false,
+    );
+    table.row(
+        p,
+        "RSS load B, 4 streams (MB)",
+        g(&w, |m| m.rss_load[1] as f64 / MB),
+        g(&n, |m| m.rss_load[1] as f64 / MB),
+        1,
+        false,
+    );
+}
