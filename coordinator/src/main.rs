@@ -14,10 +14,12 @@ mod relay;
 mod serve;
 mod session;
 mod store;
+mod tcp;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod testutil;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

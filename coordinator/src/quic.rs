@@ -1,6 +1,7 @@
 //! The coordinator's QUIC endpoint: TLS 1.3 with the self-signed certificate that invite tokens
 //! pin, ALPN `warren/1`, and QUIC bit greasing off (nodes share their data socket with QUIC and
-//! tell the two apart by the packet's first byte, DESIGN.md section 2).
+//! tell the two apart by the packet's first byte, DESIGN.md section 2). Its socket merges the UDP
+//! socket with the TCP carrier's tunnels ([`crate::tunnel`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::datadir::Identity;
 use crate::mesh::Mesh;
+use crate::tunnel::{MergedSocket, Tunnels};
 
 /// ALPN id of Warren's control protocol.
 pub const ALPN: &[u8] = b"warren/1";
@@ -19,8 +21,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// A node silent this long is considered gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Binds the endpoint on `listen`.
-pub fn endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::Endpoint> {
+/// TLS 1.3 (ring) with the coordinator's certificate, offering `alpn`. QUIC and the TCP carrier
+/// use the same certificate, so the node's pin covers both.
+pub fn tls_config(identity: &Identity, alpn: &[u8]) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -31,7 +34,23 @@ pub fn endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::Endpoi
             PrivatePkcs8KeyDer::from(identity.key_der.clone()).into(),
         )
         .context("loading the coordinator certificate")?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// Binds the endpoint on `listen` (tunnels are accepted but none will come).
+#[cfg(test)]
+pub fn endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::Endpoint> {
+    Ok(endpoint_with_tunnels(identity, listen)?.0)
+}
+
+/// Binds the endpoint on UDP `listen`; returns it and the tunnel registry the TCP carrier
+/// ([`crate::tcp`]) feeds.
+pub fn endpoint_with_tunnels(
+    identity: &Identity,
+    listen: SocketAddr,
+) -> Result<(quinn::Endpoint, Arc<Tunnels>)> {
+    let tls = tls_config(identity, ALPN)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("building the QUIC TLS config")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -43,8 +62,14 @@ pub fn endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::Endpoi
     config.grease_quic_bit(false);
     let socket =
         std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
-    quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))
-        .with_context(|| format!("starting QUIC on {listen}"))
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let udp = quinn::Runtime::wrap_udp_socket(runtime.as_ref(), socket)
+        .with_context(|| format!("registering UDP {listen}"))?;
+    let (merged, tunnels) = MergedSocket::new(udp);
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(config, Some(server), Arc::new(merged), runtime)
+            .with_context(|| format!("starting QUIC on {listen}"))?;
+    Ok((endpoint, tunnels))
 }
 
 /// Accepts node connections until the endpoint closes.

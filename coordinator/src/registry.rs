@@ -32,9 +32,13 @@ pub struct OnlineNode {
 }
 
 impl OnlineNode {
-    /// Candidates to punch: reflexive first, then local.
+    /// Candidates to punch: reflexive first, then local. A tunnel's virtual reflexive address
+    /// (the node came over TCP) is no candidate: nothing can reach it over UDP.
     pub fn candidates(&self) -> Vec<SocketAddr> {
-        let mut out = vec![self.reflexive];
+        let mut out = Vec::with_capacity(self.local.len() + 1);
+        if !crate::tunnel::is_virtual(&self.reflexive) {
+            out.push(self.reflexive);
+        }
         out.extend(self.local.iter().filter(|a| **a != self.reflexive));
         out
     }

@@ -60,12 +60,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let endpoint = crate::quic::endpoint(&identity, args.listen)?;
+        let (endpoint, tunnels) = crate::quic::endpoint_with_tunnels(&identity, args.listen)?;
         let http = tokio::net::TcpListener::bind(args.http)
             .await
             .with_context(|| format!("binding HTTP {}", args.http))?;
         // The bound addresses, so that port 0 ("any free port") is reported as the real port.
         let listen = endpoint.local_addr().context("reading the QUIC address")?;
+        // The TCP carrier for nodes without UDP: same address and port number (README, "TCP").
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding TCP {listen} (the carrier for nodes without UDP)"))?;
+        let tcp_tls = Arc::new(crate::quic::tls_config(&identity, crate::tcp::ALPN_TCP)?);
         let http_addr = http.local_addr().context("reading the HTTP address")?;
         let public_addr = match args.public_addr {
             Some(a) => a,
@@ -106,12 +111,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             store.set_meta(META_BOOTSTRAPPED, &invite::unix_now().to_string())?;
         }
         let accept = tokio::spawn(crate::quic::accept_loop(endpoint.clone(), mesh.clone()));
+        let accept_tcp = tokio::spawn(crate::tcp::accept_loop(tcp, tcp_tls, tunnels));
         let api =
             axum::serve(http, crate::http::app(mesh)).with_graceful_shutdown(shutdown_signal());
         api.await.context("HTTP server failed")?;
         info!("shutting down");
         endpoint.close(0u32.into(), b"coordinator shutting down");
         accept.abort();
+        accept_tcp.abort();
         endpoint.wait_idle().await;
         Ok(())
     })

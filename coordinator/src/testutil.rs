@@ -106,18 +106,33 @@ pub struct Client {
     pub recv: quinn::RecvStream,
 }
 
+/// A rustls client configuration pinned to `fingerprint` offering `alpn`.
+pub fn pinned_tls(fingerprint: [u8; 32], alpn: &[u8]) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned(fingerprint, provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls
+}
+
 impl Client {
     pub async fn connect(server: std::net::SocketAddr, fingerprint: [u8; 32]) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned(fingerprint, provider)))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![crate::quic::ALPN.to_vec()];
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self::connect_on(ep, server, fingerprint).await
+    }
+
+    /// Connects to `server` through endpoint `ep`.
+    pub async fn connect_on(
+        mut ep: quinn::Endpoint,
+        server: std::net::SocketAddr,
+        fingerprint: [u8; 32],
+    ) -> Self {
+        let tls = pinned_tls(fingerprint, crate::quic::ALPN);
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let conn = ep
             .connect(server, crate::datadir::SERVER_NAME)

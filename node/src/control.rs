@@ -23,9 +23,14 @@ use crate::candidates;
 use crate::error::NodeError;
 use crate::socket::QuicInbox;
 use crate::tls;
+use crate::tunnel;
 
 /// How long to wait for the QUIC handshake with one coordinator address, and for each reply.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the QUIC handshake over UDP may take before the TCP carrier is tried instead
+/// (capped by [`Coordinator::timeout`]). A live coordinator answers within a few round trips;
+/// this keeps the fallback quick on networks that drop UDP.
+pub const UDP_TIMEOUT: Duration = Duration::from_secs(4);
 /// First reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest reconnect delay.
@@ -85,6 +90,9 @@ pub struct Session {
     recv: quinn::RecvStream,
     /// The Welcome that opened the session.
     pub welcome: Welcome,
+    /// The TCP carrier the connection runs on, when UDP to the coordinator is blocked (`None`
+    /// over UDP). Kept here so the tunnel lives exactly as long as the session.
+    pub carrier: Option<tunnel::Carrier>,
 }
 
 /// What the control client tells the daemon.
@@ -97,6 +105,9 @@ pub enum ControlEvent {
     /// The session's QUIC connection, sent right after its Welcome: relay datagrams travel on
     /// it (DESIGN.md section 2.5).
     Relay(quinn::Connection),
+    /// Sent after `Relay`: whether the session runs on the TCP carrier because UDP to the
+    /// coordinator is blocked.
+    UdpBlocked(bool),
     /// The session dropped; reconnecting.
     Disconnected,
 }
@@ -170,45 +181,110 @@ pub async fn connect(
         why: "no address tried".into(),
     };
     for target in targets {
-        let (config, mismatch) = tls::client_config(coord.fingerprint)
-            .map_err(|e| NodeError::Protocol(e.to_string()))?;
-        let unreachable = |why: String| NodeError::Unreachable {
-            addr: target.to_string(),
-            why,
-        };
-        let connecting = match endpoint.connect_with(config, target, tls::SERVER_NAME) {
-            Ok(c) => c,
-            Err(e) => {
-                last = unreachable(e.to_string());
-                continue;
+        match connect_udp(endpoint, coord, target).await {
+            Ok(conn) => {
+                tracing::debug!(coordinator = %target, "QUIC connection established");
+                return login(conn, None, target, coord, key, cred).await;
             }
-        };
-        let conn = match timeout(coord.timeout, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                if mismatch.load(Ordering::Relaxed) {
-                    return Err(NodeError::WrongCoordinator);
+            Err(e @ NodeError::WrongCoordinator) => return Err(e),
+            Err(udp_err) => {
+                tracing::debug!(coordinator = %target, error = %udp_err, "no QUIC over UDP; trying TCP");
+                match connect_tcp(coord, target).await {
+                    Ok((conn, carrier)) => {
+                        tracing::info!(coordinator = %target,
+                            "UDP to the coordinator is blocked; connected over TCP");
+                        return login(conn, Some(carrier), target, coord, key, cred).await;
+                    }
+                    Err(e @ NodeError::WrongCoordinator) => return Err(e),
+                    Err(tcp_err) => {
+                        // The UDP failure is the one to report ("timed out"): TCP is the fallback.
+                        tracing::debug!(coordinator = %target, error = %tcp_err, "TCP carrier failed too");
+                        last = udp_err;
+                    }
                 }
-                last = unreachable(e.to_string());
-                continue;
             }
-            Err(_) => {
-                last = unreachable("timed out".into());
-                continue;
-            }
-        };
-        tracing::debug!(coordinator = %target, "QUIC connection established");
-        return match timeout(coord.timeout, handshake(conn.clone(), key, cred)).await {
-            Ok(res) => res,
-            Err(_) => {
-                conn.close(0u32.into(), b"timeout");
-                Err(NodeError::Protocol(format!(
-                    "{target} did not answer the login in time"
-                )))
-            }
-        };
+        }
     }
     Err(last)
+}
+
+/// The QUIC handshake over UDP with one address, waiting at most [`UDP_TIMEOUT`].
+async fn connect_udp(
+    endpoint: &quinn::Endpoint,
+    coord: &Coordinator,
+    target: SocketAddr,
+) -> Result<quinn::Connection, NodeError> {
+    let (config, mismatch) =
+        tls::client_config(coord.fingerprint).map_err(|e| NodeError::Protocol(e.to_string()))?;
+    let unreachable = |why: String| NodeError::Unreachable {
+        addr: target.to_string(),
+        why,
+    };
+    let connecting = endpoint
+        .connect_with(config, target, tls::SERVER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    match timeout(coord.timeout.min(UDP_TIMEOUT), connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            if mismatch.load(Ordering::Relaxed) {
+                return Err(NodeError::WrongCoordinator);
+            }
+            Err(unreachable(e.to_string()))
+        }
+        Err(_) => Err(unreachable("timed out".into())),
+    }
+}
+
+/// The QUIC handshake through the TCP carrier to one address.
+async fn connect_tcp(
+    coord: &Coordinator,
+    target: SocketAddr,
+) -> Result<(quinn::Connection, tunnel::Carrier), NodeError> {
+    let carrier = tunnel::open(target, coord.fingerprint, coord.timeout).await?;
+    let (config, mismatch) =
+        tls::client_config_with_mtu(coord.fingerprint, Some(tunnel::TUNNEL_MTU))
+            .map_err(|e| NodeError::Protocol(e.to_string()))?;
+    let unreachable = |why: String| NodeError::Unreachable {
+        addr: format!("{target} (TCP)"),
+        why,
+    };
+    let connecting = carrier
+        .endpoint
+        .connect_with(config, target, tls::SERVER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    match timeout(coord.timeout, connecting).await {
+        Ok(Ok(conn)) => Ok((conn, carrier)),
+        Ok(Err(e)) => {
+            if mismatch.load(Ordering::Relaxed) {
+                return Err(NodeError::WrongCoordinator);
+            }
+            Err(unreachable(e.to_string()))
+        }
+        Err(_) => Err(unreachable("timed out".into())),
+    }
+}
+
+/// Logs in on an established connection, within [`Coordinator::timeout`].
+async fn login(
+    conn: quinn::Connection,
+    carrier: Option<tunnel::Carrier>,
+    target: SocketAddr,
+    coord: &Coordinator,
+    key: &PrivateKey,
+    cred: &Credential,
+) -> Result<Session, NodeError> {
+    match timeout(coord.timeout, handshake(conn.clone(), key, cred)).await {
+        Ok(res) => res.map(|mut s| {
+            s.carrier = carrier;
+            s
+        }),
+        Err(_) => {
+            conn.close(0u32.into(), b"timeout");
+            Err(NodeError::Protocol(format!(
+                "{target} did not answer the login in time"
+            )))
+        }
+    }
 }
 
 /// Hello → Challenge → Join/Login → Welcome on a fresh connection.
@@ -265,6 +341,7 @@ async fn handshake(
                 reflexive,
                 peers,
             },
+            carrier: None,
         }),
         CoordMessage::Error { code, message } => Err(NodeError::Rejected { code, message }),
         other => Err(proto(&format!("expected Welcome, got {other:?}"))),
@@ -304,8 +381,11 @@ async fn serve(
         conn,
         mut send,
         mut recv,
+        carrier,
         ..
     } = session;
+    // Dropped (closing the tunnel) when this session ends.
+    let _carrier = carrier;
     let reader = async {
         let mut buf = Vec::new();
         loop {
@@ -389,6 +469,14 @@ pub async fn supervise(
                 }
                 if events
                     .send(ControlEvent::Relay(session.conn.clone()))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                let blocked = session.carrier.is_some();
+                if events
+                    .send(ControlEvent::UdpBlocked(blocked))
                     .await
                     .is_err()
                 {

@@ -174,6 +174,11 @@ async fn join_then_supervise_forwards_messages() {
         Some(ControlEvent::Relay(conn)) => assert!(conn.max_datagram_size().is_some()),
         other => panic!("unexpected {other:?}"),
     }
+    // Then the carrier: UDP worked here.
+    assert!(matches!(
+        ev_rx.recv().await,
+        Some(ControlEvent::UdpBlocked(false))
+    ));
     match ev_rx.recv().await {
         Some(ControlEvent::Message(CoordMessage::PeerUpsert { peer })) => {
             assert_eq!(peer, record(3))

@@ -405,6 +405,10 @@ impl Daemon {
                 self.paths_dirty = true;
                 false
             }
+            ControlEvent::UdpBlocked(blocked) => {
+                self.engine.set_udp_blocked(blocked);
+                false
+            }
             ControlEvent::Disconnected => {
                 self.book.disconnected();
                 self.relay = None;

@@ -23,6 +23,7 @@ mod status;
 mod tls;
 mod tun;
 mod tunio;
+mod tunnel;
 
 #[cfg(test)]
 mod testutil;

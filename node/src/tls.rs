@@ -96,11 +96,12 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// Builds the QUIC client configuration for a coordinator pinned by `fingerprint`. Returns it
-/// with the verifier's mismatch flag.
-pub fn client_config(
+/// A rustls client configuration pinned to `fingerprint` offering `alpn`, with the verifier's
+/// mismatch flag.
+fn pinned(
     fingerprint: [u8; 32],
-) -> anyhow::Result<(quinn::ClientConfig, Arc<AtomicBool>)> {
+    alpn: &[u8],
+) -> anyhow::Result<(rustls::ClientConfig, Arc<AtomicBool>)> {
     let verifier = PinnedVerifier::new(fingerprint);
     let mismatch = verifier.mismatch_flag();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -110,7 +111,25 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok((tls, mismatch))
+}
+
+/// Builds the QUIC client configuration for a coordinator pinned by `fingerprint`. Returns it
+/// with the verifier's mismatch flag.
+pub fn client_config(
+    fingerprint: [u8; 32],
+) -> anyhow::Result<(quinn::ClientConfig, Arc<AtomicBool>)> {
+    client_config_with_mtu(fingerprint, None)
+}
+
+/// [`client_config`], optionally with a fixed packet size `mtu` in bytes (no path MTU discovery),
+/// for the TCP carrier whose tunnel has no MTU of its own.
+pub fn client_config_with_mtu(
+    fingerprint: [u8; 32],
+    mtu: Option<u16>,
+) -> anyhow::Result<(quinn::ClientConfig, Arc<AtomicBool>)> {
+    let (tls, mismatch) = pinned(fingerprint, ALPN)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .context("building the QUIC TLS configuration")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -119,8 +138,22 @@ pub fn client_config(
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(IDLE_TIMEOUT).context("idle timeout out of range")?,
     ));
+    if let Some(mtu) = mtu {
+        transport.initial_mtu(mtu);
+        transport.min_mtu(mtu);
+        transport.mtu_discovery_config(None);
+    }
     config.transport_config(Arc::new(transport));
     Ok((config, mismatch))
+}
+
+/// The TLS-over-TCP configuration of the TCP carrier ([`crate::tunnel`]): the same pin, ALPN
+/// `warren-tcp/1`.
+pub fn tcp_config(
+    fingerprint: [u8; 32],
+) -> anyhow::Result<(Arc<rustls::ClientConfig>, Arc<AtomicBool>)> {
+    let (tls, mismatch) = pinned(fingerprint, crate::tunnel::ALPN_TCP)?;
+    Ok((Arc::new(tls), mismatch))
 }
 
 #[cfg(test)]

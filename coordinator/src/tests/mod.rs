@@ -5,6 +5,7 @@
 mod http;
 mod relay;
 mod session;
+mod tcp;
 
 use std::sync::Arc;
 
@@ -63,7 +64,17 @@ async fn join(
     secret: [u8; 32],
     name: &str,
 ) -> (Client, CoordMessage) {
-    let mut c = Client::connect(addr, mesh.fingerprint).await;
+    let c = Client::connect(addr, mesh.fingerprint).await;
+    join_as(c, key, secret, name).await
+}
+
+/// Joins over an already connected client.
+async fn join_as(
+    mut c: Client,
+    key: &PrivateKey,
+    secret: [u8; 32],
+    name: &str,
+) -> (Client, CoordMessage) {
     c.send(&NodeMessage::Hello {
         version: CONTROL_VERSION,
         public_key: key.public_key(),

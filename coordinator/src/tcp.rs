@@ -1,0 +1,132 @@
+//! The TCP carrier for nodes whose network blocks UDP (IO shell layer).
+//!
+//! A TCP listener on the QUIC port number accepts TLS 1.3 with the coordinator's own certificate
+//! (the one invite tokens pin) and ALPN [`ALPN_TCP`]. Inside, both directions carry frames of a
+//! big-endian u16 length followed by one QUIC packet; an empty frame is ignored. Each connection
+//! becomes a tunnel of [`crate::tunnel::Tunnels`], so the node's QUIC connection (login, control
+//! stream, relay datagrams) runs unchanged inside it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use crate::tunnel::{Registration, Tunnels};
+
+/// ALPN id of the TCP carrier.
+pub const ALPN_TCP: &[u8] = b"warren-tcp/1";
+/// A client that has not finished the TLS handshake by then is dropped.
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+/// A tunnel silent this long is closed. QUIC keep-alives (every 10 s) keep a live one busy; the
+/// QUIC connection inside is idle-timed-out after 30 s anyway.
+const READ_IDLE: Duration = Duration::from_secs(60);
+
+/// Accepts TCP connections until the listener fails; each runs in its own task.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    tunnels: Arc<Tunnels>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                debug!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let tunnels = tunnels.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, acceptor, &tunnels).await {
+                debug!(%from, error = %e, "TCP tunnel closed");
+            }
+        });
+    }
+}
+
+/// Errors ending one tunnel.
+#[derive(Debug, thiserror::Error)]
+enum TunnelError {
+    /// TCP or TLS failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    /// The client did not ask for the tunnel protocol.
+    #[error("client did not negotiate ALPN warren-tcp/1")]
+    WrongAlpn,
+    /// [`crate::tunnel::MAX_TUNNELS`] are open.
+    #[error("too many tunnels")]
+    Full,
+    /// Nothing arrived for [`READ_IDLE`].
+    #[error("idle")]
+    Idle,
+}
+
+/// Serves one TCP connection to its end.
+async fn serve(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    tunnels: &Tunnels,
+) -> Result<(), TunnelError> {
+    stream.set_nodelay(true)?;
+    let tls = tokio::time::timeout(TLS_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| TunnelError::HandshakeTimeout)??;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN_TCP) {
+        return Err(TunnelError::WrongAlpn);
+    }
+    let Registration { addr, outbound } = tunnels.register().ok_or(TunnelError::Full)?;
+    debug!(%addr, "TCP tunnel open");
+    let (mut reader, writer) = tokio::io::split(tls);
+    let read = async {
+        let mut buf = Vec::new();
+        loop {
+            let len = tokio::time::timeout(READ_IDLE, reader.read_u16())
+                .await
+                .map_err(|_| TunnelError::Idle)??;
+            if len == 0 {
+                continue;
+            }
+            buf.resize(usize::from(len), 0);
+            reader.read_exact(&mut buf).await?;
+            tunnels.deliver(addr, std::mem::take(&mut buf));
+        }
+    };
+    let res = tokio::select! {
+        r = read => r,
+        r = write_frames(writer, outbound) => r.map_err(TunnelError::from),
+    };
+    tunnels.unregister(addr);
+    res
+}
+
+/// Writes queued packets as frames, flushing whenever the queue runs empty. Returns when the
+/// queue closes (never while registered) or the stream fails.
+pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+    writer: W,
+    mut outbound: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut w = BufWriter::new(writer);
+    while let Some(packet) = outbound.recv().await {
+        let mut next = Some(packet);
+        while let Some(p) = next {
+            // Packets are UDP-sized; a longer one cannot be framed and is dropped (lost).
+            if let Ok(len) = u16::try_from(p.len()) {
+                w.write_u16(len).await?;
+                w.write_all(&p).await?;
+            }
+            next = outbound.try_recv().ok();
+        }
+        w.flush().await?;
+    }
+    Ok(())
+}
