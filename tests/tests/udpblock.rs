@@ -1,0 +1,143 @@
+//! A node whose network drops all UDP (`udpblock`) reaches the coordinator over the TCP carrier
+//! (QUIC tunnelled through TLS over TCP on the QUIC port) and talks to an `eim` peer through the
+//! relay on that connection: pings both ways, a TCP transfer, and `warren status` saying why.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use warren_lab::cmd::wait_for;
+use warren_lab::lab::which;
+use warren_lab::{Lab, Node, SiteKind};
+
+/// From both daemons started to the first ping answered: the UDP attempt (4 s) fails first,
+/// then TCP, TLS, QUIC and the login run over the tunnel.
+const FIRST_PING: Duration = Duration::from_secs(25);
+/// How long the status may take to show the reason.
+const SETTLE: Duration = Duration::from_secs(15);
+/// iperf3 port on the `eim` node.
+const IPERF_PORT: u16 = 5201;
+/// Seconds of the iperf3 run.
+const IPERF_SECONDS: u32 = 3;
+
+/// `peer`'s path and relay reason as `node` reports them.
+fn path_of(lab: &mut Lab, node: &Node, peer: &str) -> Result<(String, Option<String>)> {
+    let v = lab.status(node)?;
+    let p = v["peers"]
+        .as_array()
+        .context("status has no peers array")?
+        .iter()
+        .find(|p| p["name"].as_str() == Some(peer))
+        .with_context(|| format!("{} does not list {peer}", node.name))?
+        .clone();
+    let reason = match &p["relay_reason"] {
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    };
+    Ok((p["path"].as_str().unwrap_or_default().to_string(), reason))
+}
+
+/// iperf3 from `from` to the server at `to` (reverse: data flows towards `from`); bytes received.
+fn iperf(lab: &Lab, node: &Node, to: Ipv4Addr, reverse: bool) -> Result<f64> {
+    let iperf3 = which("iperf3").context("iperf3 is not installed")?;
+    let bin = iperf3.display().to_string();
+    let (to, port, secs) = (
+        to.to_string(),
+        IPERF_PORT.to_string(),
+        IPERF_SECONDS.to_string(),
+    );
+    let mut args = vec![bin.as_str(), "-c", &to, "-p", &port, "-t", &secs, "--json"];
+    if reverse {
+        args.push("-R");
+    }
+    let out = lab.exec(&node.host.ns, &args, Duration::from_secs(30))?;
+    ensure!(
+        out.success(),
+        "iperf3 failed: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let v: Value = serde_json::from_str(&out.stdout).context("iperf3 printed non-JSON")?;
+    v["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .context("iperf3 JSON has no end.sum_received.bytes")
+}
+
+#[test]
+fn udpblock_eim_joins_over_tcp_and_relays() {
+    Lab::run_test("udpblock-eim", |lab| {
+        let coord = lab.start_coordinator()?;
+        let sb = lab.add_site(SiteKind::UdpBlock)?;
+        let se = lab.add_site(SiteKind::Eim)?;
+        let tb = lab.invite(&coord, &[])?;
+        let te = lab.invite(&coord, &[])?;
+        let b = lab.join(&sb.hosts[0], &tb, "blocked", None)?;
+        let e = lab.join(&se.hosts[0], &te, "open", None)?;
+        let ip_b = lab.wait_node_ready(&b)?;
+        let ip_e = lab.wait_node_ready(&e)?;
+        let ready = b.started.elapsed();
+
+        let started = b.started.max(e.started);
+        let hb = b.host.clone();
+        wait_for(
+            "the first mesh ping blocked -> open",
+            FIRST_PING,
+            Duration::ZERO,
+            || Ok(lab.ping(&hb, ip_e, 1)?.then_some(())),
+        )?;
+        let first = started.elapsed();
+        eprintln!(
+            "[udpblock-eim] blocked ready after {ready:.2?}; first ping over TCP+relay after {first:.2?}"
+        );
+        ensure!(
+            lab.proc(b.proc).stderr().contains("connected over TCP"),
+            "the udpblock node did not log its TCP fallback"
+        );
+        let he = e.host.clone();
+        ensure!(lab.ping(&hb, ip_e, 3)?, "ping blocked -> open failed");
+        ensure!(lab.ping(&he, ip_b, 3)?, "ping open -> blocked failed");
+
+        // A TCP transfer through the mesh, both directions.
+        let iperf3 = which("iperf3").context("iperf3 is not installed")?;
+        let args: Vec<String> = ["-s", "-B", &ip_e.to_string(), "-p", &IPERF_PORT.to_string()]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        lab.spawn("iperf3-open", &e.host.ns, &iperf3, &args)?;
+        let t0 = Instant::now();
+        let up = wait_for(
+            "an iperf3 run blocked -> open",
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            || Ok(Some(iperf(lab, &b, ip_e, false)?)),
+        )?;
+        let down = iperf(lab, &b, ip_e, true)?;
+        eprintln!(
+            "[udpblock-eim] iperf3 {IPERF_SECONDS} s: up {:.2} MB, down {:.2} MB ({:.1?} incl. start)",
+            up / 1e6,
+            down / 1e6,
+            t0.elapsed()
+        );
+        ensure!(up > 100_000.0, "only {up} bytes went blocked -> open");
+        ensure!(down > 100_000.0, "only {down} bytes went open -> blocked");
+
+        // Both see each other on the relay; the blocked node says why.
+        wait_for(
+            "blocked to show open as relayed because UDP is blocked",
+            SETTLE,
+            Duration::from_millis(500),
+            || {
+                let (path, reason) = path_of(lab, &b, "open")?;
+                if path == "relay" && reason.as_deref() == Some("udp blocked") {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("blocked sees open on {path} ({reason:?})")
+            },
+        )?;
+        let (path, reason) = path_of(lab, &e, "blocked")?;
+        ensure!(path == "relay", "open sees blocked on {path} ({reason:?})");
+        eprintln!("[udpblock-eim] blocked -> open: relay (udp blocked); open -> blocked: relay ({reason:?})");
+        Ok(())
+    });
+}
