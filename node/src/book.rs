@@ -10,7 +10,7 @@ use warren_proto::engine::Engine;
 use warren_proto::ids::NodeId;
 
 use crate::control::Welcome;
-use crate::status::{peer_lines, Link, SelfStatus, StatusReport};
+use crate::status::{peer_lines, Carrier, Link, SelfStatus, StatusReport};
 
 /// The coordinator's view of the mesh, as far as this node needs it.
 #[derive(Debug)]
@@ -48,6 +48,15 @@ impl PeerBook {
     pub fn disconnected(&mut self) {
         self.me.coordinator = Link::Disconnected;
         tracing::warn!("disconnected from the coordinator; tunnels stay up");
+    }
+
+    /// The session's carrier. Over TCP the coordinator sees a tunnel, not the data socket, so
+    /// there is no reflexive address to show.
+    pub fn set_carrier(&mut self, carrier: Carrier) {
+        self.me.carrier = carrier;
+        if carrier == Carrier::Tcp {
+            self.me.reflexive = None;
+        }
     }
 
     /// A fresh session's Welcome: replaces the peer list. Returns true (the list changed).
@@ -151,6 +160,7 @@ mod tests {
             public_key: key.public_key(),
             reflexive: None,
             coordinator: Link::Disconnected,
+            carrier: crate::status::Carrier::Udp,
         };
         let engine = Engine::new(
             EngineConfig {

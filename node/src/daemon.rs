@@ -134,6 +134,7 @@ impl Daemon {
             public_key: key.public_key(),
             reflexive: None,
             coordinator: Link::Disconnected,
+            carrier: crate::status::Carrier::Udp,
         };
         let mut engine = new_engine(state.node_id, key);
         let book = PeerBook::new(me, state::load_peers(dir));
@@ -407,6 +408,11 @@ impl Daemon {
             }
             ControlEvent::UdpBlocked(blocked) => {
                 self.engine.set_udp_blocked(blocked);
+                self.book.set_carrier(if blocked {
+                    crate::status::Carrier::Tcp
+                } else {
+                    crate::status::Carrier::Udp
+                });
                 false
             }
             ControlEvent::Disconnected => {

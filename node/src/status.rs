@@ -51,6 +51,20 @@ pub struct SelfStatus {
     pub reflexive: Option<String>,
     /// Whether the control connection is up.
     pub coordinator: Link,
+    /// What the control connection runs on (`tcp` when UDP to the coordinator is blocked).
+    #[serde(default)]
+    pub carrier: Carrier,
+}
+
+/// What carries the control connection (and so the relay).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Carrier {
+    /// QUIC over UDP, sharing the data socket.
+    #[default]
+    Udp,
+    /// QUIC tunnelled through TLS over TCP (UDP blocked).
+    Tcp,
 }
 
 /// State of the control connection.
@@ -260,8 +274,12 @@ pub fn render(r: &StatusReport) -> String {
         Link::Connected => "connected",
         Link::Disconnected => "disconnected",
     };
+    let over = match r.me.carrier {
+        Carrier::Udp => "",
+        Carrier::Tcp => " over tcp (udp blocked)",
+    };
     let mut out = format!(
-        "{} {} ({}), coordinator {link}, reflexive {}\n",
+        "{} {} ({}), coordinator {link}{over}, reflexive {}\n",
         r.me.name,
         r.me.ip,
         r.me.node_id,

@@ -58,6 +58,7 @@ fn report() -> StatusReport {
             public_key: PublicKey([1; 32]),
             reflexive: Some("203.0.113.9:41641".into()),
             coordinator: Link::Connected,
+            carrier: crate::status::Carrier::Udp,
         },
         peers: peer_lines(records.iter(), &engine),
     }
@@ -113,6 +114,32 @@ fn json_has_the_documented_shape() {
         "{table}"
     );
     assert!(table.lines().count() == 5, "{table}");
+    assert_eq!(me["carrier"], "udp");
+    assert!(!table.contains("over tcp"), "{table}");
+}
+
+#[test]
+fn the_tcp_carrier_shows() {
+    let mut r = report();
+    r.me.carrier = crate::status::Carrier::Tcp;
+    r.me.reflexive = None;
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["self"]["carrier"], "tcp");
+    assert!(v["self"]["reflexive"].is_null());
+    let table = render(&r);
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .contains("coordinator connected over tcp (udp blocked)"),
+        "{table}"
+    );
+    // An older daemon's report without the field reads as UDP.
+    let mut old = serde_json::to_value(report()).unwrap();
+    old["self"].as_object_mut().unwrap().remove("carrier");
+    let back: StatusReport = serde_json::from_value(old).unwrap();
+    assert_eq!(back.me.carrier, crate::status::Carrier::Udp);
 }
 
 #[tokio::test]

@@ -135,6 +135,12 @@ fn udpblock_eim_joins_over_tcp_and_relays() {
                 anyhow::bail!("blocked sees open on {path} ({reason:?})")
             },
         )?;
+        let me = lab.status(&b)?["self"].clone();
+        ensure!(me["carrier"] == "tcp", "blocked's status: {me}");
+        ensure!(
+            me["reflexive"].is_null(),
+            "a tunnel has no reflexive address: {me}"
+        );
         let (path, reason) = path_of(lab, &e, "blocked")?;
         ensure!(path == "relay", "open sees blocked on {path} ({reason:?})");
         eprintln!("[udpblock-eim] blocked -> open: relay (udp blocked); open -> blocked: relay ({reason:?})");
