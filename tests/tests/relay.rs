@@ -282,3 +282,120 @@ fn relay_eim_eim_goes_direct_falls_back_and_returns() {
         Ok(())
     });
 }
+
+/// iperf3 port used by the stream test.
+const STREAM_PORT: u16 = 5211;
+/// Length of the TCP stream that outlives the cut and the heal, in seconds.
+const STREAM_SECONDS: u64 = 24;
+/// Longest the fall back to the relay may take once the direct path is cut: the engine
+/// needs ~2 s of silence plus ~1.5 s of unanswered probes; a stalled TCP stream for longer
+/// than this would feel broken to a user.
+const FALLBACK_BOUND: Duration = Duration::from_secs(8);
+/// Longest the return to the direct path may take once it works again.
+const RETURN_BOUND: Duration = Duration::from_secs(12);
+/// Longest run of one-second iperf3 intervals with no data the stream may suffer.
+const MAX_STALL_SECONDS: usize = 7;
+
+#[test]
+fn relay_tcp_stream_survives_a_cut_and_the_heal() {
+    Lab::run_test("relay-stream", |lab| {
+        let Pair {
+            a, b, ip_b, site_a, ..
+        } = setup(lab, SiteKind::Eim, SiteKind::Eim)?;
+        first_ping(lab, &a, &b, ip_b)?;
+        wait_path(lab, &a, &b, ip_b, "direct")?;
+
+        // A modest-rate TCP stream alpha -> bravo (rate-capped so the 2-core lab keeps time).
+        let iperf3 = warren_lab::lab::which("iperf3").context("iperf3 is not installed")?;
+        let port = STREAM_PORT.to_string();
+        let server: Vec<String> = ["-s", "-B", &ip_b.to_string(), "-p", &port]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        lab.spawn("iperf3-server", &b.host.ns, &iperf3, &server)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let client: Vec<String> = [
+            "-c",
+            &ip_b.to_string(),
+            "-p",
+            &port,
+            "-t",
+            &STREAM_SECONDS.to_string(),
+            "-b",
+            "40M",
+            "-J",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let stream = lab.spawn("iperf3-client", &a.host.ns, &iperf3, &client)?;
+        std::thread::sleep(Duration::from_secs(4));
+
+        let router = site_a
+            .router
+            .clone()
+            .context("alpha's site has no router")?;
+        let cut = format!(
+            "table inet {CUT_TABLE} {{\n  chain cut {{\n    type filter hook forward priority 0; policy accept;\n    ip daddr {0} meta l4proto udp drop\n    ip saddr {0} meta l4proto udp drop\n  }}\n}}\n",
+            b.host.public_ip
+        );
+        nft_load(&router, &cut)?;
+        let to_relay = wait_path(lab, &a, &b, ip_b, "relay")?;
+        eprintln!("[relay-stream] cut mid-stream: relay after {to_relay:.2?}");
+        ensure!(
+            to_relay <= FALLBACK_BOUND,
+            "falling back took {to_relay:.2?} (bound {FALLBACK_BOUND:?})"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let out = lab.exec(
+            &router,
+            &["nft", "delete", "table", "inet", CUT_TABLE],
+            EXEC_TIMEOUT,
+        )?;
+        ensure!(out.success(), "nft delete: {}", out.stderr);
+        let back = wait_path(lab, &a, &b, ip_b, "direct")?;
+        eprintln!("[relay-stream] healed mid-stream: direct after {back:.2?}");
+        ensure!(
+            back <= RETURN_BOUND,
+            "returning to direct took {back:.2?} (bound {RETURN_BOUND:?})"
+        );
+
+        // The one TCP connection lived through both switches.
+        let status = wait_for(
+            "the iperf3 stream to end",
+            Duration::from_secs(STREAM_SECONDS + 20),
+            Duration::from_millis(200),
+            || Ok(lab.proc_mut(stream).try_exit()),
+        )?;
+        let json = lab.proc(stream).stdout();
+        ensure!(status.success(), "iperf3 client failed: {json}");
+        let v: Value = serde_json::from_str(&json).context("iperf3 -J output")?;
+        ensure!(v.get("error").is_none(), "iperf3 reported {}", v["error"]);
+        let received = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+        let per_second: Vec<f64> = v["intervals"]
+            .as_array()
+            .context("iperf3 JSON has no intervals")?
+            .iter()
+            .map(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0))
+            .collect();
+        let longest_stall = per_second
+            .split(|b| *b > 0.0)
+            .map(<[f64]>::len)
+            .max()
+            .unwrap_or(0);
+        eprintln!(
+            "[relay-stream] {STREAM_SECONDS} s stream: {:.1} MB received, longest stall {longest_stall} s",
+            received / 1e6
+        );
+        ensure!(
+            longest_stall <= MAX_STALL_SECONDS,
+            "the stream stalled for {longest_stall} s"
+        );
+        // 40 Mbit/s for 24 s is 120 MB; stalls during the switches may cost a few seconds.
+        ensure!(
+            received > 40e6,
+            "only {received} bytes arrived over the stream"
+        );
+        Ok(())
+    });
+}
