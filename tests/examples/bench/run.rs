@@ -154,6 +154,7 @@ pub fn run(lab: &mut Lab) -> Result<Table> {
         measure::UDP_STEPS,
         measure::UDP_MAX_LOSS
     ));
+    table.note(format!("load average before measuring: {}", loadavg()));
     for (i, pair) in pairs.iter().enumerate() {
         let raw = measure::ping_rtts(lab, &pair.a, wan_of(lab, pair)?)
             .map(|r| measure::median(&r))
@@ -190,7 +191,20 @@ pub fn run(lab: &mut Lab) -> Result<Table> {
         let n = measure_target(lab, pair, &nebula, &coord.host);
         add_rows(&mut table, pair, w, n, raw);
     }
+    table.note(format!(
+        "load average after measuring: {} (everything, iperf3 included, shares this machine's {} \
+         CPUs; other work on the machine skews the numbers)",
+        loadavg(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
     Ok(table)
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
 }
 
 /// Site B router's WAN address.
