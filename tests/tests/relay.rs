@@ -21,6 +21,8 @@ const FULL_SIZE: u32 = 1252;
 /// How long a path change may take in the lab (the engine promises ~1-2 s to go direct and
 /// ~3.5 s to fall back; the status poll and pings add a little).
 const SWITCH: Duration = Duration::from_secs(15);
+/// iperf3 port of the TCP checks.
+const TCP_CHECK_PORT: u16 = 5212;
 /// nftables table used to cut the direct path between two sites.
 const CUT_TABLE: &str = "warren_relay_cut";
 
@@ -88,6 +90,47 @@ fn first_ping(lab: &mut Lab, a: &Node, b: &Node, ip_b: Ipv4Addr) -> Result<Durat
         || Ok(lab.ping(&ha, ip_b, 1)?.then_some(())),
     )?;
     Ok(started.elapsed())
+}
+
+/// Starts an iperf3 server on `server`'s mesh address `ip` and runs a 3-second TCP transfer
+/// from `client` to it, then the reverse; returns the bytes received each way.
+fn tcp_both_ways(lab: &mut Lab, client: &Node, server: &Node, ip: Ipv4Addr) -> Result<(f64, f64)> {
+    let iperf3 = warren_lab::lab::which("iperf3").context("iperf3 is not installed")?;
+    let port = TCP_CHECK_PORT.to_string();
+    let args: Vec<String> = ["-s", "-B", &ip.to_string(), "-p", &port]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    lab.spawn("iperf3-check", &server.host.ns, &iperf3, &args)?;
+    let ns = client.host.ns.clone();
+    let run = |reverse: bool| -> Result<f64> {
+        let bin = iperf3.display().to_string();
+        let ip = ip.to_string();
+        let mut cmd = vec![bin.as_str(), "-c", &ip, "-p", &port, "-t", "3", "-J"];
+        if reverse {
+            cmd.push("-R");
+        }
+        let out = lab.exec(&ns, &cmd, Duration::from_secs(20))?;
+        ensure!(
+            out.success(),
+            "iperf3 failed: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        let v: Value = serde_json::from_str(&out.stdout).context("iperf3 -J output")?;
+        v["end"]["sum_received"]["bytes"]
+            .as_f64()
+            .context("iperf3 JSON has no end.sum_received.bytes")
+    };
+    // The server needs a moment to listen.
+    let up = wait_for(
+        "a TCP transfer over the mesh",
+        Duration::from_secs(10),
+        Duration::from_millis(300),
+        || Ok(run(false).ok()),
+    )?;
+    let down = run(true)?;
+    Ok((up, down))
 }
 
 /// `count` pings of `size` bytes of payload with DF set; true if all were answered.
@@ -164,6 +207,16 @@ fn relay_sym_sym_pings_over_the_relay() {
             ping_size(lab, &hb, ip_a, FULL_SIZE, 5)?,
             "full-size pings bravo -> alpha do not all make it through the relay"
         );
+        let (up, down) = tcp_both_ways(lab, &a, &b, ip_b)?;
+        eprintln!(
+            "[relay-sym-sym] TCP over the relay, 3 s each way: {:.1} MB / {:.1} MB",
+            up / 1e6,
+            down / 1e6
+        );
+        ensure!(
+            up > 1e6 && down > 1e6,
+            "TCP over the relay moved only {up} / {down} bytes"
+        );
         for (node, peer) in [(&a, "bravo"), (&b, "alpha")] {
             let (path, reason) = path_of(lab, node, peer)?;
             ensure!(path == "relay", "{} sees {peer} on {path}", node.name);
@@ -216,6 +269,13 @@ fn relay_sym_eim_connects() {
         let (ha, hb) = (a.host.clone(), b.host.clone());
         ensure!(lab.ping(&ha, ip_b, 3)?, "ping alpha -> bravo failed");
         ensure!(lab.ping(&hb, ip_a, 3)?, "ping bravo -> alpha failed");
+        let (up, down) = tcp_both_ways(lab, &a, &b, ip_b)?;
+        eprintln!(
+            "[relay-sym-eim] TCP, 3 s each way: {:.1} MB / {:.1} MB",
+            up / 1e6,
+            down / 1e6
+        );
+        ensure!(up > 1e6 && down > 1e6, "TCP moved only {up} / {down} bytes");
         for (node, peer) in [(&a, "bravo"), (&b, "alpha")] {
             let (path, reason) = path_of(lab, node, peer)?;
             ensure!(
