@@ -7,9 +7,13 @@
 //! node (`neb0`). Each system is measured in turn on the same lab: iperf3 TCP one stream each
 //! way and four streams, UDP at <= 1 % loss, ping RTT, CPU seconds per GB, RSS idle and under
 //! load. The lab (namespaces, processes) is removed at the end, pass or fail.
+//!
+//! `bench --perf` also samples Warren's daemons with `perf record` during the one-stream
+//! transfers (which skews those lines a little) and prints the top symbols.
 
 mod measure;
 mod nebula;
+mod perf;
 mod report;
 mod run;
 
@@ -48,7 +52,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = run::run(&mut lab);
+    let with_perf = std::env::args().any(|a| a == "--perf");
+    let result = run::run(&mut lab, with_perf);
     match &result {
         Ok(table) => {
             println!("{table}");

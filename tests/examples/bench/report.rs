@@ -29,6 +29,8 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Free-form lines printed under the table (setup, raw path, what failed and why).
     pub notes: Vec<String>,
+    /// `perf report` tops, `(what was recorded, report lines)`, printed last.
+    pub perf: Vec<(String, String)>,
 }
 
 impl Table {
@@ -108,6 +110,9 @@ impl fmt::Display for Table {
             for n in &self.notes {
                 writeln!(f, "- {n}")?;
             }
+        }
+        for (what, top) in &self.perf {
+            writeln!(f, "\nperf: {what}, self time per symbol:\n{top}")?;
         }
         Ok(())
     }

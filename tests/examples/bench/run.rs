@@ -4,6 +4,7 @@
 //! [`Target`]; [`measure`] turns it into [`Metrics`], and [`run`] lays them out as a table.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use warren_lab::{Host, Lab, Node, SiteKind};
 
 use crate::measure::{self, Usage};
 use crate::nebula::Nebula;
+use crate::perf;
 use crate::report::Table;
 
 /// iperf3 port of the servers (one at a time).
@@ -52,6 +54,8 @@ struct Target {
     pids: [u32; 2],
     /// Pid of the relay (Warren coordinator or Nebula lighthouse).
     relay_pid: u32,
+    /// Where to write a `perf record` of the one-stream transfer, if wanted.
+    perf_data: Option<PathBuf>,
 }
 
 /// What one system did on one pair.
@@ -79,10 +83,12 @@ struct Metrics {
     rss_idle: [u64; 2],
     /// Peak RSS of the A and B daemons during the four-stream transfer, bytes.
     rss_load: [u64; 2],
+    /// Top of `perf report` over the one-stream transfer (with `--perf`).
+    perf: Option<String>,
 }
 
 /// Builds the lab, measures, and returns the table.
-pub fn run(lab: &mut Lab) -> Result<Table> {
+pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
     for tool in ["iperf3", "nft"] {
         if which(tool).is_none() {
             bail!("the bench needs {tool} on PATH (scripts/bench.sh installs iperf3)");
@@ -171,12 +177,14 @@ pub fn run(lab: &mut Lab) -> Result<Table> {
             b_ip: warren_ips[2 * i + 1],
             pids: [lab.proc(na.proc).pid(), lab.proc(nb.proc).pid()],
             relay_pid: coord_pid,
+            perf_data: with_perf.then(|| lab.dir().join(format!("perf-warren-{}.data", pair.path))),
         };
         let (wa, wb) = (&neb_nodes[2 * i], &neb_nodes[2 * i + 1]);
         let nebula = Target {
             b_ip: wb.ip,
             pids: [lab.proc(wa.proc).pid(), lab.proc(wb.proc).pid()],
             relay_pid: lighthouse_pid,
+            perf_data: None,
         };
         // Warren sets a tunnel up on demand: traffic first, then the path settles.
         let w = match first_ping(lab, pair, warren.b_ip)
@@ -285,9 +293,19 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         std::thread::sleep(Duration::from_millis(500));
         let rx0 = coordinator_rx(lab, coord)?;
         let relay_cpu0 = measure::cpu_seconds(t.relay_pid)?;
+        let recording = match &t.perf_data {
+            Some(data) => {
+                let pids = [t.pids[0], t.pids[1], t.relay_pid];
+                Some(perf::start(&pids, measure::TCP_SECONDS - 1, data)?)
+            }
+            None => None,
+        };
         let (ab, usage): (_, Usage) = measure::with_usage(&t.pids, || {
             measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 1)
         })?;
+        if let Some(r) = recording {
+            m.perf = Some(r.report()?);
+        }
         let relay_cpu = measure::cpu_seconds(t.relay_pid)? - relay_cpu0;
         let rx = coordinator_rx(lab, coord)? - rx0;
         m.tcp_ab = ab.bps;
@@ -326,6 +344,15 @@ fn add_rows(
                 m.udp_lowest_mbit
             )),
             Ok(_) => {}
+        }
+        if let Ok(Metrics {
+            perf: Some(top), ..
+        }) = r
+        {
+            table.perf.push((
+                format!("{name} {} (one stream A->B; nodes and relay)", pair.path),
+                top.clone(),
+            ));
         }
     }
     let (w, n) = (w.ok(), n.ok());
