@@ -189,7 +189,7 @@ pub async fn connect(
             Err(e @ NodeError::WrongCoordinator) => return Err(e),
             Err(udp_err) => {
                 tracing::debug!(coordinator = %target, error = %udp_err, "no QUIC over UDP; trying TCP");
-                match connect_tcp(coord, target).await {
+                match tunnel::connect(target, coord.fingerprint, coord.timeout).await {
                     Ok((conn, carrier)) => {
                         tracing::info!(coordinator = %target,
                             "UDP to the coordinator is blocked; connected over TCP");
@@ -225,35 +225,6 @@ async fn connect_udp(
         .map_err(|e| unreachable(e.to_string()))?;
     match timeout(coord.timeout.min(UDP_TIMEOUT), connecting).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => {
-            if mismatch.load(Ordering::Relaxed) {
-                return Err(NodeError::WrongCoordinator);
-            }
-            Err(unreachable(e.to_string()))
-        }
-        Err(_) => Err(unreachable("timed out".into())),
-    }
-}
-
-/// The QUIC handshake through the TCP carrier to one address.
-async fn connect_tcp(
-    coord: &Coordinator,
-    target: SocketAddr,
-) -> Result<(quinn::Connection, tunnel::Carrier), NodeError> {
-    let carrier = tunnel::open(target, coord.fingerprint, coord.timeout).await?;
-    let (config, mismatch) =
-        tls::client_config_with_mtu(coord.fingerprint, Some(tunnel::TUNNEL_MTU))
-            .map_err(|e| NodeError::Protocol(e.to_string()))?;
-    let unreachable = |why: String| NodeError::Unreachable {
-        addr: format!("{target} (TCP)"),
-        why,
-    };
-    let connecting = carrier
-        .endpoint
-        .connect_with(config, target, tls::SERVER_NAME)
-        .map_err(|e| unreachable(e.to_string()))?;
-    match timeout(coord.timeout, connecting).await {
-        Ok(Ok(conn)) => Ok((conn, carrier)),
         Ok(Err(e)) => {
             if mismatch.load(Ordering::Relaxed) {
                 return Err(NodeError::WrongCoordinator);

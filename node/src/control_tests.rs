@@ -7,6 +7,8 @@ use warren_proto::control::ErrorCode;
 use warren_proto::ids::{MeshIp, NodeId};
 use warren_proto::proof;
 
+use std::sync::Arc;
+
 use super::*;
 use crate::socket::{self, QuicInbox};
 use crate::testutil::server;
@@ -260,6 +262,121 @@ async fn wrong_fingerprint_and_silent_coordinator() {
         )
     );
     assert!(err.is_transient());
+}
+
+/// A coordinator address whose UDP port never answers, with the TCP carrier on the same port
+/// bridged to the QUIC server `srv` (frames out of TLS become UDP datagrams to `srv` and back,
+/// which is what the coordinator's merged socket does in-process). Returns the address and the
+/// bridge task (aborting it cuts the TCP connection).
+async fn udp_silent_tcp_bridged(
+    srv: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> (SocketAddr, std::net::UdpSocket, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (silent, listener) = loop {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if let Ok(l) = tokio::net::TcpListener::bind(silent.local_addr().unwrap()).await {
+            break (silent, l);
+        }
+    };
+    let addr = silent.local_addr().unwrap();
+    let bridge = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let stream = tokio_rustls::TlsAcceptor::from(tls)
+            .accept(tcp)
+            .await
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(tunnel::ALPN_TCP));
+        let (mut r, mut w) = tokio::io::split(stream);
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut frame = Vec::new();
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            tokio::select! {
+                len = r.read_u16() => {
+                    let Ok(len) = len else { return };
+                    frame.resize(usize::from(len), 0);
+                    if r.read_exact(&mut frame).await.is_err() {
+                        return;
+                    }
+                    udp.send_to(&frame, srv).await.unwrap();
+                }
+                got = udp.recv_from(&mut buf) => {
+                    let (n, _) = got.unwrap();
+                    w.write_u16(u16::try_from(n).unwrap()).await.unwrap();
+                    w.write_all(&buf[..n]).await.unwrap();
+                    w.flush().await.unwrap();
+                }
+            }
+        }
+    });
+    (addr, silent, bridge)
+}
+
+#[tokio::test]
+async fn falls_back_to_tcp_when_udp_is_silent_and_ends_the_session_when_it_drops() {
+    let (srv, fp, tls) = crate::testutil::server_with_tls();
+    let (addr, _silent, bridge) = udp_silent_tcp_bridged(srv.local_addr().unwrap(), tls).await;
+    let srv_task = tokio::spawn(scripted(srv, Script::Welcome));
+    let (endpoint, inbox) = node_endpoint();
+    let mut coord = coordinator(addr, fp, &inbox);
+    coord.timeout = Duration::from_secs(2);
+    let key = PrivateKey::from_random([8; 32]);
+    let cred = Credential::Join {
+        secret: [3; 32],
+        name: "alpha".into(),
+    };
+    let t0 = std::time::Instant::now();
+    let session = connect(&endpoint, &coord, &key, &cred).await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        session.carrier.is_some(),
+        "the session runs on the TCP carrier"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "UDP gave up after 2 s: {took:?}"
+    );
+    assert_eq!(session.welcome.peers, vec![record(2)]);
+    // The tunnel has no MTU: a full-size relay datagram (8 + 32 + 1280) fits from the start.
+    let max = session.conn.max_datagram_size().unwrap();
+    assert!(max >= 1320, "max datagram size {max}");
+
+    let (ev_tx, mut ev_rx) = mpsc::channel(8);
+    let (out_tx, out_rx) = mpsc::channel(8);
+    let source = CandidateSource {
+        tun: "warren-test".into(),
+        network: MeshNetwork::default(),
+        port: 4242,
+    };
+    let sup = tokio::spawn(supervise(
+        endpoint,
+        coord,
+        key,
+        Some(session),
+        source,
+        ev_tx,
+        out_rx,
+    ));
+    assert!(matches!(ev_rx.recv().await, Some(ControlEvent::Welcome(_))));
+    assert!(matches!(ev_rx.recv().await, Some(ControlEvent::Relay(_))));
+    assert!(matches!(
+        ev_rx.recv().await,
+        Some(ControlEvent::UdpBlocked(true))
+    ));
+    match ev_rx.recv().await {
+        Some(ControlEvent::Message(CoordMessage::PeerUpsert { peer })) => {
+            assert_eq!(peer, record(3))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Cutting the TCP connection ends the session at once (not after the 30 s idle timeout).
+    bridge.abort();
+    let ev = tokio::time::timeout(Duration::from_secs(5), ev_rx.recv()).await;
+    assert!(matches!(ev, Ok(Some(ControlEvent::Disconnected))), "{ev:?}");
+    drop(out_tx);
+    sup.await.unwrap().unwrap();
+    srv_task.abort();
 }
 
 #[test]

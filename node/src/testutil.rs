@@ -15,8 +15,26 @@ pub(crate) fn self_signed() -> (Vec<u8>, Vec<u8>) {
 /// A loopback QUIC server with a fresh self-signed certificate; returns it and the certificate's
 /// fingerprint.
 pub(crate) fn server() -> (quinn::Endpoint, [u8; 32]) {
+    let (ep, fp, _) = server_with_tls();
+    (ep, fp)
+}
+
+/// [`server`], plus a TLS-over-TCP server configuration with the same certificate and the TCP
+/// carrier's ALPN (what the coordinator's TCP listener offers).
+pub(crate) fn server_with_tls() -> (quinn::Endpoint, [u8; 32], Arc<rustls::ServerConfig>) {
     let (cert, key) = self_signed();
     let fp = tls::fingerprint_of(&cert);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tcp_cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.clone().into()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.clone()).into(),
+        )
+        .unwrap();
+    tcp_cfg.alpn_protocols = vec![crate::tunnel::ALPN_TCP.to_vec()];
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls_cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -31,5 +49,5 @@ pub(crate) fn server() -> (quinn::Endpoint, [u8; 32]) {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls_cfg).unwrap();
     let cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-    (ep, fp)
+    (ep, fp, Arc::new(tcp_cfg))
 }

@@ -156,6 +156,36 @@ pub async fn open(
     })
 }
 
+/// Opens the tunnel to `target` and runs the QUIC handshake through it, waiting up to `wait`
+/// for each step.
+pub async fn connect(
+    target: SocketAddr,
+    fingerprint: [u8; 32],
+    wait: Duration,
+) -> Result<(quinn::Connection, Carrier), NodeError> {
+    let carrier = open(target, fingerprint, wait).await?;
+    let (config, mismatch) = tls::client_config_with_mtu(fingerprint, Some(TUNNEL_MTU))
+        .map_err(|e| NodeError::Protocol(e.to_string()))?;
+    let unreachable = |why: String| NodeError::Unreachable {
+        addr: format!("{target} (TCP)"),
+        why,
+    };
+    let connecting = carrier
+        .endpoint
+        .connect_with(config, target, tls::SERVER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    match timeout(wait, connecting).await {
+        Ok(Ok(conn)) => Ok((conn, carrier)),
+        Ok(Err(e)) => {
+            if mismatch.load(Ordering::Relaxed) {
+                return Err(NodeError::WrongCoordinator);
+            }
+            Err(unreachable(e.to_string()))
+        }
+        Err(_) => Err(unreachable("timed out".into())),
+    }
+}
+
 /// Writes queued packets as frames, flushing whenever the queue runs empty.
 async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     writer: W,
