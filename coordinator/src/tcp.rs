@@ -20,6 +20,12 @@ use crate::tunnel::{Registration, Tunnels};
 pub const ALPN_TCP: &[u8] = b"warren-tcp/1";
 /// A client that has not finished the TLS handshake by then is dropped.
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest QUIC packet accepted from a tunnel, in bytes: nodes send at most 1452 (their tunnel
+/// packet size), and quinn takes no UDP payload above 1472 (`EndpointConfig` default). A longer
+/// frame ends the tunnel, so one client cannot park 64 KiB buffers in the shared queue.
+const MAX_FRAME: u16 = 1500;
+/// TCP connections served at once (handshaking or tunnelling); more are closed on accept.
+const MAX_CONNECTIONS: usize = crate::tunnel::MAX_TUNNELS + 1000;
 /// A tunnel silent this long is closed. QUIC keep-alives (every 10 s) keep a live one busy; the
 /// QUIC connection inside is idle-timed-out after 30 s anyway.
 const READ_IDLE: Duration = Duration::from_secs(60);
@@ -31,6 +37,7 @@ pub async fn accept_loop(
     tunnels: Arc<Tunnels>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(v) => v,
@@ -41,9 +48,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%from, "too many TCP connections, closed");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let tunnels = tunnels.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = serve(stream, acceptor, &tunnels).await {
                 debug!(%from, error = %e, "TCP tunnel closed");
             }
@@ -69,6 +81,9 @@ enum TunnelError {
     /// Nothing arrived for [`READ_IDLE`].
     #[error("idle")]
     Idle,
+    /// A frame longer than [`MAX_FRAME`].
+    #[error("frame of {0} bytes is too long")]
+    TooLong(u16),
 }
 
 /// Serves one TCP connection to its end.
@@ -95,6 +110,9 @@ async fn serve(
                 .map_err(|_| TunnelError::Idle)??;
             if len == 0 {
                 continue;
+            }
+            if len > MAX_FRAME {
+                return Err(TunnelError::TooLong(len));
             }
             buf.resize(usize::from(len), 0);
             reader.read_exact(&mut buf).await?;

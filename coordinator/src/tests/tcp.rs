@@ -141,7 +141,7 @@ async fn a_node_over_tcp_joins_and_relays_to_a_node_over_udp() {
 }
 
 #[tokio::test]
-async fn the_tcp_carrier_refuses_other_alpn() {
+async fn the_tcp_carrier_refuses_bad_clients() {
     let (_d, mesh, identity) = mesh();
     let addr = start_with_tcp(&mesh, &identity).await;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -157,6 +157,24 @@ async fn the_tcp_carrier_refuses_other_alpn() {
     let mut b = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut b)).await;
     assert!(matches!(n, Ok(Ok(_)) | Ok(Err(_))), "closed promptly");
+    // The right ALPN but an oversized frame: the tunnel is closed.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = crate::testutil::pinned_tls(mesh.fingerprint, crate::tcp::ALPN_TCP);
+    let name = rustls::pki_types::ServerName::try_from(crate::datadir::SERVER_NAME).unwrap();
+    let mut stream = TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut frame = 4000u16.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0xc0; 4000]);
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &frame)
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut b)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "closed after an oversized frame: {n:?}"
+    );
     let key = PrivateKey::from_random([43; 32]);
     let (_c, w) = join(addr, &mesh, &key, new_invite(&mesh, 1), "after").await;
     assert!(matches!(w, CoordMessage::Welcome { .. }), "{w:?}");
