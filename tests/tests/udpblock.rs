@@ -144,6 +144,28 @@ fn udpblock_eim_joins_over_tcp_and_relays() {
         let (path, reason) = path_of(lab, &e, "blocked")?;
         ensure!(path == "relay", "open sees blocked on {path} ({reason:?})");
         eprintln!("[udpblock-eim] blocked -> open: relay (udp blocked); open -> blocked: relay ({reason:?})");
+
+        // `warren up` from the saved state takes the same way: UDP first, then TCP.
+        let b2 = lab.restart_node_with_up(&b, "node-blocked-up")?;
+        lab.wait_node_ready(&b2)?;
+        wait_for(
+            "a mesh ping after blocked restarts with warren up",
+            FIRST_PING,
+            Duration::ZERO,
+            || Ok(lab.ping(&hb, ip_e, 1)?.then_some(())),
+        )?;
+        eprintln!(
+            "[udpblock-eim] after warren up: first ping after {:.2?}",
+            b2.started.elapsed()
+        );
+        ensure!(
+            lab.ping(&he, ip_b, 3)?,
+            "ping open -> blocked failed after the restart"
+        );
+        ensure!(
+            lab.status(&b2)?["self"]["carrier"] == "tcp",
+            "blocked is not on the TCP carrier after the restart"
+        );
         Ok(())
     });
 }
