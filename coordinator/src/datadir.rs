@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::store::sqlite::SqliteStore;
 
 /// Name the certificate is issued for; nodes verify it as the TLS server name.
-pub const SERVER_NAME: &str = "warren-coordinator";
+pub use warren_proto::carrier::SERVER_NAME;
 
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren-coordinator";

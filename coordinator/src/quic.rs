@@ -15,7 +15,7 @@ use crate::mesh::Mesh;
 use crate::tunnel::{MergedSocket, Tunnels};
 
 /// ALPN id of Warren's control protocol.
-pub const ALPN: &[u8] = b"warren/1";
+pub use warren_proto::carrier::ALPN_QUIC as ALPN;
 /// QUIC keepalive: keeps NAT mappings of the node's data socket open and detects dead nodes.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// A node silent this long is considered gone.

@@ -17,13 +17,13 @@ use tracing::debug;
 use crate::tunnel::{Registration, Tunnels};
 
 /// ALPN id of the TCP carrier.
-pub const ALPN_TCP: &[u8] = b"warren-tcp/1";
+pub use warren_proto::carrier::ALPN_TCP;
 /// A client that has not finished the TLS handshake by then is dropped.
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest QUIC packet accepted from a tunnel, in bytes: nodes send at most 1452 (their tunnel
 /// packet size), and quinn takes no UDP payload above 1472 (`EndpointConfig` default). A longer
 /// frame ends the tunnel, so one client cannot park 64 KiB buffers in the shared queue.
-const MAX_FRAME: u16 = 1500;
+use warren_proto::carrier::MAX_TCP_FRAME as MAX_FRAME;
 /// TCP connections served at once (handshaking or tunnelling); more are closed on accept.
 const MAX_CONNECTIONS: usize = crate::tunnel::MAX_TUNNELS + 1000;
 /// A tunnel silent this long is closed. QUIC keep-alives (every 10 s) keep a live one busy; the

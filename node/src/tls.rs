@@ -15,10 +15,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-/// TLS server name the node asks for; the coordinator's self-signed certificate carries it.
-pub const SERVER_NAME: &str = "warren-coordinator";
 /// ALPN protocol id of Warren's control protocol.
-pub const ALPN: &[u8] = b"warren/1";
+pub use warren_proto::carrier::ALPN_QUIC as ALPN;
+/// TLS server name the node asks for; the coordinator's self-signed certificate carries it.
+pub use warren_proto::carrier::SERVER_NAME;
 /// QUIC keep-alive on the control connection; well under typical NAT UDP timeouts (30 s+), so the
 /// data socket's mapping towards the coordinator stays put.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);

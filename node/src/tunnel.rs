@@ -31,8 +31,8 @@ use tokio_rustls::TlsConnector;
 use crate::error::NodeError;
 use crate::tls;
 
-/// ALPN id of the TCP carrier (the coordinator's `tcp.rs` offers the same).
-pub const ALPN_TCP: &[u8] = b"warren-tcp/1";
+/// ALPN id of the TCP carrier (see `warren_proto::carrier`).
+pub use warren_proto::carrier::ALPN_TCP;
 /// QUIC packet size over the tunnel, in bytes: what a 1500-byte Ethernet path carries as UDP
 /// over IPv6 (1500 - 40 - 8), so the tunnel never makes packets bigger than the UDP carrier would.
 /// Relay datagrams (8 + 32 + 1280 bytes plus QUIC framing) fit.

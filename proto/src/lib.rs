@@ -7,6 +7,7 @@
 //! driven deterministically by tests and by the IO shells in `warren-node` and
 //! `warren-coordinator`.
 
+pub mod carrier;
 pub mod control;
 pub mod engine;
 pub mod ids;
