@@ -101,39 +101,48 @@ fn udp_step(
         "-l".into(),
         UDP_LEN.to_string(),
         "-b".into(),
-        format!("{}M", mbit.round() as u64),
+        // In kbit/s: a rate that rounds to 0 would mean "unlimited" to iperf3.
+        format!("{}K", (mbit * 1000.0).round().max(1.0) as u64),
         "-t".into(),
         UDP_SECONDS.to_string(),
     ];
     let v = iperf(lab, client, &args, UDP_SECONDS)?;
-    // iperf3 3.12 reports the receiver's view in end.sum_received (older: end.sum).
-    let sum = if v["end"]["sum_received"].is_object() {
-        &v["end"]["sum_received"]
-    } else {
-        &v["end"]["sum"]
+    let (sent, recv) = (&v["end"]["sum_sent"], &v["end"]["sum_received"]);
+    let field = |sum: &Value, f: &str| -> Result<f64> {
+        sum[f]
+            .as_f64()
+            .with_context(|| format!("iperf3 UDP JSON has no end.sum_*.{f}"))
     };
-    let loss = v["end"]["sum"]["lost_percent"]
-        .as_f64()
-        .or_else(|| sum["lost_percent"].as_f64())
-        .context("iperf3 JSON has no lost_percent")?;
-    let bps = sum["bits_per_second"]
-        .as_f64()
-        .context("iperf3 UDP JSON has no bits_per_second")?;
+    let (sent_bytes, recv_bytes) = (field(sent, "bytes")?, field(recv, "bytes")?);
+    // iperf3's lost_percent counts sequence gaps the server saw; a report that never came
+    // back reads as 0 % lost with 0 bytes received, so the byte counts are checked as well.
+    let byte_loss = if sent_bytes > 0.0 {
+        100.0 * (1.0 - recv_bytes / sent_bytes)
+    } else {
+        100.0
+    };
+    let loss = field(recv, "lost_percent")?.max(byte_loss);
+    let bps = field(recv, "bits_per_second")?;
     Ok((bps, loss))
 }
 
 /// The highest received UDP rate whose loss stayed at or under [`UDP_MAX_LOSS`], found in
 /// [`UDP_STEPS`] steps: double while clean, quarter while lossy with nothing clean yet, then
 /// bisect (geometrically) between the best clean and the lowest lossy rate. Returns the best
-/// received rate in bit/s and the lowest offered rate in Mbit/s (0 bit/s if no step was clean).
-pub fn udp_search(lab: &Lab, client: &Host, server: Ipv4Addr, port: u16) -> Result<(f64, f64)> {
+/// received rate in bit/s (0 if no step was clean) and every step as (offered Mbit/s, loss %).
+pub fn udp_search(
+    lab: &Lab,
+    client: &Host,
+    server: Ipv4Addr,
+    port: u16,
+) -> Result<(f64, Vec<(f64, f64)>)> {
     let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
     let mut best = 0.0f64;
     let mut rate = UDP_START_MBIT;
-    let mut lowest = rate;
+    let mut steps = Vec::new();
     for _ in 0..UDP_STEPS {
-        lowest = lowest.min(rate);
         let (bps, loss) = udp_step(lab, client, server, port, rate)?;
+        steps.push((rate, loss));
         if loss <= UDP_MAX_LOSS {
             best = best.max(bps);
             lo = Some(lo.map_or(rate, |l: f64| l.max(rate)));
@@ -146,7 +155,7 @@ pub fn udp_search(lab: &Lab, client: &Host, server: Ipv4Addr, port: u16) -> Resu
             (Some(l), Some(h)) => (l * h).sqrt(),
         };
     }
-    Ok((best, lowest))
+    Ok((best, steps))
 }
 
 /// Runs iperf3 with `--json` in `client`'s namespace and parses its report.

@@ -69,8 +69,8 @@ struct Metrics {
     tcp4: f64,
     /// Highest UDP rate with <= 1 % loss A -> B, bit/s.
     udp: f64,
-    /// Lowest UDP rate offered in the search, Mbit/s (says how low "0" went).
-    udp_lowest_mbit: f64,
+    /// The UDP search's steps, (offered Mbit/s, loss %), shown when none was clean.
+    udp_steps: Vec<(f64, f64)>,
     /// Median ping RTT through the tunnel, ms.
     rtt_ms: f64,
     /// CPU seconds of both daemons per GB moved (one stream A -> B).
@@ -318,7 +318,7 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         })?;
         m.tcp4 = four.bps;
         m.rss_load = [usage4.peak_rss[0], usage4.peak_rss[1]];
-        (m.udp, m.udp_lowest_mbit) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
+        (m.udp, m.udp_steps) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
         m.rtt_ms = measure::median(&measure::ping_rtts(lab, &pair.a, t.b_ip)?);
         Ok(m)
     })();
@@ -338,10 +338,14 @@ fn add_rows(
         match r {
             Err(e) => table.note(format!("{} {name}: n/a: {e:#}", pair.path)),
             Ok(m) if m.udp == 0.0 => table.note(format!(
-                "{} {name}: UDP lost more than {}% at every offered rate down to {:.0} Mbit/s",
+                "{} {name}: UDP lost more than {}% at every offered rate: {}",
                 pair.path,
                 measure::UDP_MAX_LOSS,
-                m.udp_lowest_mbit
+                m.udp_steps
+                    .iter()
+                    .map(|(rate, loss)| format!("{rate:.1} Mbit/s {loss:.1}% lost"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
             Ok(_) => {}
         }
