@@ -19,6 +19,7 @@
 
 pub mod bins;
 pub mod cmd;
+pub mod iperf;
 pub mod lab;
 pub mod names;
 pub mod nat;

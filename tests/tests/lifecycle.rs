@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use warren_lab::cmd::wait_for;
-use warren_lab::lab::EXEC_TIMEOUT;
 use warren_lab::{Coordinator, Host, Lab, Node, SiteKind};
 
 /// Bound on every "until it works again" wait.
@@ -156,44 +155,16 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
 #[test]
 fn tcp_throughput_through_the_tunnel() {
     Lab::run_test("throughput", |lab| {
-        if warren_lab::lab::which("iperf3").is_none() {
-            bail!("iperf3 is not installed (apt-get install iperf3)");
-        }
         let p = pair(lab)?;
-        let server = lab.spawn(
-            "iperf3-server",
-            &p.b.host.ns,
-            std::path::Path::new("iperf3"),
-            &["-s".into(), "-1".into(), "-B".into(), p.ip_b.to_string()],
-        )?;
-        std::thread::sleep(Duration::from_millis(500));
-        let ip_b = p.ip_b.to_string();
-        let mut result = None;
-        for _ in 0..5 {
-            let out = lab.exec(
-                &p.a.host.ns,
-                &["iperf3", "-c", &ip_b, "-t", "3", "-J"],
-                EXEC_TIMEOUT,
-            )?;
-            if out.success() {
-                result = Some(out.stdout);
-                break;
-            }
-            // The server may not listen yet.
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        let json = result.context("iperf3 client never succeeded")?;
-        let v: Value = serde_json::from_str(&json).context("iperf3 -J output")?;
-        let bps = v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .context("no end.sum_received.bits_per_second in iperf3 output")?;
-        let retr = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+        let srv = lab.iperf_server(&p.b, p.ip_b, 5201)?;
+        let run = lab.iperf(&p.a, &srv, 3, false)?;
+        let bps = run.bits_per_second()?;
+        let retr = run.retransmits();
         warren_lab::note!(
             "[throughput] one TCP stream alpha -> bravo (eim+eim, {} binaries): {:.1} Mbit/s, {retr} retransmits",
             std::env::var("WARREN_LAB_PROFILE").unwrap_or_else(|_| "debug".into()),
             bps / 1e6
         );
-        lab.proc_mut(server).stop();
         ensure!(
             bps >= MIN_BPS,
             "tunnel throughput {:.1} Mbit/s is below {:.0} Mbit/s",

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use warren_lab::cmd::wait_for;
+use warren_lab::iperf::parse_report;
 use warren_lab::lab::EXEC_TIMEOUT;
 use warren_lab::netns::nft_load;
 use warren_lab::{Coordinator, Host, Lab, Node, Site, SiteKind};
@@ -95,42 +96,31 @@ fn first_ping(lab: &mut Lab, a: &Node, b: &Node, ip_b: Ipv4Addr) -> Result<Durat
 /// Starts an iperf3 server on `server`'s mesh address `ip` and runs a 3-second TCP transfer
 /// from `client` to it, then the reverse; returns the bytes received each way.
 fn tcp_both_ways(lab: &mut Lab, client: &Node, server: &Node, ip: Ipv4Addr) -> Result<(f64, f64)> {
-    let iperf3 = warren_lab::lab::which("iperf3").context("iperf3 is not installed")?;
-    let port = TCP_CHECK_PORT.to_string();
-    let args: Vec<String> = ["-s", "-B", &ip.to_string(), "-p", &port]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    lab.spawn("iperf3-check", &server.host.ns, &iperf3, &args)?;
-    let ns = client.host.ns.clone();
-    let run = |reverse: bool| -> Result<f64> {
-        let bin = iperf3.display().to_string();
-        let ip = ip.to_string();
-        let mut cmd = vec![bin.as_str(), "-c", &ip, "-p", &port, "-t", "3", "-J"];
-        if reverse {
-            cmd.push("-R");
-        }
-        let out = lab.exec(&ns, &cmd, Duration::from_secs(20))?;
-        ensure!(
-            out.success(),
-            "iperf3 failed: {} {}",
-            out.stdout,
-            out.stderr
-        );
-        let v: Value = serde_json::from_str(&out.stdout).context("iperf3 -J output")?;
-        v["end"]["sum_received"]["bytes"]
-            .as_f64()
-            .context("iperf3 JSON has no end.sum_received.bytes")
-    };
-    // The server needs a moment to listen.
-    let up = wait_for(
-        "a TCP transfer over the mesh",
-        Duration::from_secs(10),
-        Duration::from_millis(300),
-        || Ok(run(false).ok()),
-    )?;
-    let down = run(true)?;
+    let srv = lab.iperf_server(server, ip, TCP_CHECK_PORT)?;
+    let up = lab.iperf(client, &srv, 3, false)?.received_bytes()?;
+    let down = lab.iperf(client, &srv, 3, true)?.received_bytes()?;
     Ok((up, down))
+}
+
+/// Cuts UDP between alpha's site and `peer_public` at alpha's router (the coordinator stays
+/// reachable, so the relay keeps working).
+fn cut_udp(router: &str, peer_public: Ipv4Addr) -> Result<()> {
+    let cut = format!(
+        "table inet {CUT_TABLE} {{\n  chain cut {{\n    type filter hook forward priority 0; policy accept;\n    ip daddr {0} meta l4proto udp drop\n    ip saddr {0} meta l4proto udp drop\n  }}\n}}\n",
+        peer_public
+    );
+    nft_load(router, &cut)
+}
+
+/// Removes the cut made by [`cut_udp`].
+fn heal_udp(lab: &Lab, router: &str) -> Result<()> {
+    let out = lab.exec(
+        router,
+        &["nft", "delete", "table", "inet", CUT_TABLE],
+        EXEC_TIMEOUT,
+    )?;
+    ensure!(out.success(), "nft delete: {}", out.stderr);
+    Ok(())
 }
 
 /// `count` pings of `size` bytes of payload with DF set; true if all were answered.
@@ -313,11 +303,7 @@ fn relay_eim_eim_goes_direct_falls_back_and_returns() {
             .router
             .clone()
             .context("alpha's site has no router")?;
-        let cut = format!(
-            "table inet {CUT_TABLE} {{\n  chain cut {{\n    type filter hook forward priority 0; policy accept;\n    ip daddr {0} meta l4proto udp drop\n    ip saddr {0} meta l4proto udp drop\n  }}\n}}\n",
-            b.host.public_ip
-        );
-        nft_load(&router, &cut)?;
+        cut_udp(&router, b.host.public_ip)?;
         let to_relay = wait_path(lab, &a, &b, ip_b, "relay")?;
         let (_, reason) = path_of(lab, &a, "bravo")?;
         eprintln!("[relay-eim-eim] direct path cut: relay after {to_relay:.2?} ({reason:?})");
@@ -328,12 +314,7 @@ fn relay_eim_eim_goes_direct_falls_back_and_returns() {
         );
 
         // Heal: punching resumes and finds the path again.
-        let out = lab.exec(
-            &router,
-            &["nft", "delete", "table", "inet", CUT_TABLE],
-            EXEC_TIMEOUT,
-        )?;
-        ensure!(out.success(), "nft delete: {}", out.stderr);
+        heal_udp(lab, &router)?;
         // The round started at the fallback is still probing, so the heal is found at once;
         // the hold-down after a demotion asks for 2 s of stable answers.
         let back = wait_path(lab, &a, &b, ip_b, "direct")?;
@@ -346,7 +327,7 @@ fn relay_eim_eim_goes_direct_falls_back_and_returns() {
 /// iperf3 port used by the stream test.
 const STREAM_PORT: u16 = 5211;
 /// Length of the TCP stream that outlives the cut and the heal, in seconds.
-const STREAM_SECONDS: u64 = 24;
+const STREAM_SECONDS: u32 = 24;
 /// Longest the fall back to the relay may take once the direct path is cut: the engine
 /// needs ~2 s of silence plus ~1.5 s of unanswered probes; a stalled TCP stream for longer
 /// than this would feel broken to a user.
@@ -366,28 +347,11 @@ fn relay_tcp_stream_survives_a_cut_and_the_heal() {
         wait_path(lab, &a, &b, ip_b, "direct")?;
 
         // A modest-rate TCP stream alpha -> bravo (rate-capped so the 2-core lab keeps time).
+        let srv = lab.iperf_server(&b, ip_b, STREAM_PORT)?;
         let iperf3 = warren_lab::lab::which("iperf3").context("iperf3 is not installed")?;
-        let port = STREAM_PORT.to_string();
-        let server: Vec<String> = ["-s", "-B", &ip_b.to_string(), "-p", &port]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        lab.spawn("iperf3-server", &b.host.ns, &iperf3, &server)?;
+        let mut client = Lab::iperf_args(&srv, STREAM_SECONDS, false);
+        client.extend(["-b".to_string(), "40M".to_string()]);
         std::thread::sleep(Duration::from_millis(500));
-        let client: Vec<String> = [
-            "-c",
-            &ip_b.to_string(),
-            "-p",
-            &port,
-            "-t",
-            &STREAM_SECONDS.to_string(),
-            "-b",
-            "40M",
-            "-J",
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
         let stream = lab.spawn("iperf3-client", &a.host.ns, &iperf3, &client)?;
         std::thread::sleep(Duration::from_secs(4));
 
@@ -395,11 +359,7 @@ fn relay_tcp_stream_survives_a_cut_and_the_heal() {
             .router
             .clone()
             .context("alpha's site has no router")?;
-        let cut = format!(
-            "table inet {CUT_TABLE} {{\n  chain cut {{\n    type filter hook forward priority 0; policy accept;\n    ip daddr {0} meta l4proto udp drop\n    ip saddr {0} meta l4proto udp drop\n  }}\n}}\n",
-            b.host.public_ip
-        );
-        nft_load(&router, &cut)?;
+        cut_udp(&router, b.host.public_ip)?;
         let to_relay = wait_path(lab, &a, &b, ip_b, "relay")?;
         eprintln!("[relay-stream] cut mid-stream: relay after {to_relay:.2?}");
         ensure!(
@@ -407,12 +367,7 @@ fn relay_tcp_stream_survives_a_cut_and_the_heal() {
             "falling back took {to_relay:.2?} (bound {FALLBACK_BOUND:?})"
         );
         std::thread::sleep(Duration::from_secs(3));
-        let out = lab.exec(
-            &router,
-            &["nft", "delete", "table", "inet", CUT_TABLE],
-            EXEC_TIMEOUT,
-        )?;
-        ensure!(out.success(), "nft delete: {}", out.stderr);
+        heal_udp(lab, &router)?;
         let back = wait_path(lab, &a, &b, ip_b, "direct")?;
         eprintln!("[relay-stream] healed mid-stream: direct after {back:.2?}");
         ensure!(
@@ -423,16 +378,15 @@ fn relay_tcp_stream_survives_a_cut_and_the_heal() {
         // The one TCP connection lived through both switches.
         let status = wait_for(
             "the iperf3 stream to end",
-            Duration::from_secs(STREAM_SECONDS + 20),
+            Duration::from_secs(u64::from(STREAM_SECONDS) + 20),
             Duration::from_millis(200),
             || Ok(lab.proc_mut(stream).try_exit()),
         )?;
         let json = lab.proc(stream).stdout();
         ensure!(status.success(), "iperf3 client failed: {json}");
-        let v: Value = serde_json::from_str(&json).context("iperf3 -J output")?;
-        ensure!(v.get("error").is_none(), "iperf3 reported {}", v["error"]);
-        let received = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-        let per_second: Vec<f64> = v["intervals"]
+        let run = parse_report(&json)?;
+        let received = run.received_bytes()?;
+        let per_second: Vec<f64> = run.json["intervals"]
             .as_array()
             .context("iperf3 JSON has no intervals")?
             .iter()

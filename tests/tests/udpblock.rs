@@ -2,13 +2,11 @@
 //! (QUIC tunnelled through TLS over TCP on the QUIC port) and talks to an `eim` peer through the
 //! relay on that connection: pings both ways, a TCP transfer, and `warren status` saying why.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_lab::cmd::wait_for;
-use warren_lab::lab::which;
 use warren_lab::{Lab, Node, SiteKind};
 
 /// From both daemons started to the first ping answered: the UDP attempt (4 s) fails first,
@@ -36,32 +34,6 @@ fn path_of(lab: &mut Lab, node: &Node, peer: &str) -> Result<(String, Option<Str
         _ => None,
     };
     Ok((p["path"].as_str().unwrap_or_default().to_string(), reason))
-}
-
-/// iperf3 from `from` to the server at `to` (reverse: data flows towards `from`); bytes received.
-fn iperf(lab: &Lab, node: &Node, to: Ipv4Addr, reverse: bool) -> Result<f64> {
-    let iperf3 = which("iperf3").context("iperf3 is not installed")?;
-    let bin = iperf3.display().to_string();
-    let (to, port, secs) = (
-        to.to_string(),
-        IPERF_PORT.to_string(),
-        IPERF_SECONDS.to_string(),
-    );
-    let mut args = vec![bin.as_str(), "-c", &to, "-p", &port, "-t", &secs, "--json"];
-    if reverse {
-        args.push("-R");
-    }
-    let out = lab.exec(&node.host.ns, &args, Duration::from_secs(30))?;
-    ensure!(
-        out.success(),
-        "iperf3 failed: {} {}",
-        out.stdout,
-        out.stderr
-    );
-    let v: Value = serde_json::from_str(&out.stdout).context("iperf3 printed non-JSON")?;
-    v["end"]["sum_received"]["bytes"]
-        .as_f64()
-        .context("iperf3 JSON has no end.sum_received.bytes")
 }
 
 #[test]
@@ -99,20 +71,12 @@ fn udpblock_eim_joins_over_tcp_and_relays() {
         ensure!(lab.ping(&he, ip_b, 3)?, "ping open -> blocked failed");
 
         // A TCP transfer through the mesh, both directions.
-        let iperf3 = which("iperf3").context("iperf3 is not installed")?;
-        let args: Vec<String> = ["-s", "-B", &ip_e.to_string(), "-p", &IPERF_PORT.to_string()]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        lab.spawn("iperf3-open", &e.host.ns, &iperf3, &args)?;
+        let srv = lab.iperf_server(&e, ip_e, IPERF_PORT)?;
         let t0 = Instant::now();
-        let up = wait_for(
-            "an iperf3 run blocked -> open",
-            Duration::from_secs(30),
-            Duration::from_millis(500),
-            || Ok(Some(iperf(lab, &b, ip_e, false)?)),
-        )?;
-        let down = iperf(lab, &b, ip_e, true)?;
+        let up = lab
+            .iperf(&b, &srv, IPERF_SECONDS, false)?
+            .received_bytes()?;
+        let down = lab.iperf(&b, &srv, IPERF_SECONDS, true)?.received_bytes()?;
         eprintln!(
             "[udpblock-eim] iperf3 {IPERF_SECONDS} s: up {:.2} MB, down {:.2} MB ({:.1?} incl. start)",
             up / 1e6,
