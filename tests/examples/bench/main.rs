@@ -8,7 +8,7 @@
 //! way and four streams, UDP at <= 1 % loss, ping RTT, CPU seconds per GB, RSS idle and under
 //! load. The lab (namespaces, processes) is removed at the end, pass or fail.
 //!
-//! `bench --perf` also samples Warren's daemons with `perf record` during the one-stream
+//! `bench --perf` also samples both systems' daemons with `perf record` during the one-stream
 //! transfers (which skews those lines a little) and prints the top symbols.
 
 mod measure;

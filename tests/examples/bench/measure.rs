@@ -40,6 +40,8 @@ pub struct Transfer {
     pub bytes: f64,
     /// Receiver throughput, bit/s.
     pub bps: f64,
+    /// TCP retransmissions the sender counted (lost or reordered segments).
+    pub retransmits: f64,
 }
 
 /// What the daemons of one system used during a transfer.
@@ -81,7 +83,14 @@ pub fn tcp(
     let bps = sum["bits_per_second"]
         .as_f64()
         .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
-    Ok(Transfer { bytes, bps })
+    let retransmits = v["end"]["sum_sent"]["retransmits"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    Ok(Transfer {
+        bytes,
+        bps,
+        retransmits,
+    })
 }
 
 /// One UDP step: offered `mbit`, returns (received bit/s, loss percent).

@@ -1,7 +1,8 @@
-//! `bench --perf`: where Warren's CPU goes during the one-stream transfer, from `perf record`.
+//! `bench --perf`: where each system's CPU goes during the one-stream transfer, from `perf record`.
 //!
 //! Bench layer. perf samples the given daemons (call graphs off: the top self-time symbols are
-//! what the report shows) while the transfer runs; the report keeps the top lines.
+//! what the report shows) while the transfer runs; the report keeps the share of samples per
+//! process and the top symbols.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -49,31 +50,32 @@ pub fn start(pids: &[u32], seconds: u32, data: &Path) -> Result<Recording> {
 }
 
 impl Recording {
-    /// Waits for perf to finish and returns the top of its report (by self time per symbol).
+    /// Waits for perf to finish and returns the share of samples per process, then the top
+    /// of its report by self time per symbol.
     pub fn report(mut self) -> Result<String> {
         self.child.wait().context("waiting for perf record")?;
-        let out = run(
-            "perf",
-            &[
-                "report",
-                "-i",
-                &self.data,
-                "--stdio",
-                "--no-children",
-                "--sort",
-                "comm,dso,symbol",
-                "--percent-limit",
-                "0.5",
-            ],
-            Duration::from_secs(60),
+        let per_pid = self.top(&["--sort", "pid"], 5)?;
+        let per_symbol = self.top(
+            &["--sort", "pid,dso,symbol", "--percent-limit", "0.5"],
+            TOP_LINES,
         )?;
+        Ok(format!(
+            "  samples per process:\n{per_pid}\n  self time per symbol:\n{per_symbol}"
+        ))
+    }
+
+    /// The first `lines` entries of `perf report --stdio --no-children EXTRA`.
+    fn top(&self, extra: &[&str], lines: usize) -> Result<String> {
+        let mut args = vec!["report", "-i", &self.data, "--stdio", "--no-children"];
+        args.extend_from_slice(extra);
+        let out = run("perf", &args, Duration::from_secs(60))?;
         Ok(out
             .stdout
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             // perf pads the symbol column and appends empty columns ("-      -").
             .map(|l| l.trim_end_matches(['-', ' ']))
-            .take(TOP_LINES)
+            .take(lines)
             .collect::<Vec<_>>()
             .join("\n"))
     }

@@ -112,7 +112,7 @@ impl fmt::Display for Table {
             }
         }
         for (what, top) in &self.perf {
-            writeln!(f, "\nperf: {what}, self time per symbol:\n{top}")?;
+            writeln!(f, "\nperf: {what}:\n{top}")?;
         }
         Ok(())
     }

@@ -63,6 +63,8 @@ struct Target {
 struct Metrics {
     /// One TCP stream A -> B, bit/s.
     tcp_ab: f64,
+    /// TCP retransmissions of the one-stream A -> B transfer.
+    retransmits: f64,
     /// One TCP stream B -> A, bit/s.
     tcp_ba: f64,
     /// Four TCP streams A -> B, bit/s.
@@ -184,7 +186,7 @@ pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
             b_ip: wb.ip,
             pids: [lab.proc(wa.proc).pid(), lab.proc(wb.proc).pid()],
             relay_pid: lighthouse_pid,
-            perf_data: None,
+            perf_data: with_perf.then(|| lab.dir().join(format!("perf-nebula-{}.data", pair.path))),
         };
         // Warren sets a tunnel up on demand: traffic first, then the path settles.
         let w = match first_ping(lab, pair, warren.b_ip)
@@ -304,11 +306,18 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
             measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 1)
         })?;
         if let Some(r) = recording {
-            m.perf = Some(r.report()?);
+            m.perf = Some(format!(
+                "  pids: node A {}, node B {}, relay {}\n{}",
+                t.pids[0],
+                t.pids[1],
+                t.relay_pid,
+                r.report()?
+            ));
         }
         let relay_cpu = measure::cpu_seconds(t.relay_pid)? - relay_cpu0;
         let rx = coordinator_rx(lab, coord)? - rx0;
         m.tcp_ab = ab.bps;
+        m.retransmits = ab.retransmits;
         m.cpu_per_gb = usage.cpu_s / (ab.bytes / GB);
         m.relay_cpu_per_gb = relay_cpu / (ab.bytes / GB);
         m.via_coordinator = rx / ab.bytes;
@@ -369,6 +378,14 @@ fn add_rows(
         g(&n, |m| m.tcp_ab / 1e9),
         3,
         true,
+    );
+    table.row(
+        p,
+        "  its TCP retransmits (count)",
+        g(&w, |m| m.retransmits),
+        g(&n, |m| m.retransmits),
+        0,
+        false,
     );
     table.row(
         p,
