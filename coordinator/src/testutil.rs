@@ -170,6 +170,26 @@ impl Client {
         }
     }
 
+    /// Sends Hello with this build's version and returns the Challenge's ephemeral key and
+    /// nonce (panics on anything else: a test failure).
+    pub async fn hello(
+        &mut self,
+        key: &warren_proto::ids::PublicKey,
+    ) -> (warren_proto::ids::PublicKey, [u8; 32]) {
+        self.send(&NodeMessage::Hello {
+            version: warren_proto::control::CONTROL_VERSION,
+            public_key: *key,
+        })
+        .await;
+        match self.recv().await {
+            Some(CoordMessage::Challenge {
+                server_ephemeral,
+                nonce,
+            }) => (server_ephemeral, nonce),
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
     pub async fn send(&mut self, msg: &NodeMessage) {
         self.send.write_all(&control::encode(msg)).await.unwrap();
     }

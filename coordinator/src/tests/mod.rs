@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
-use warren_proto::control::{CoordMessage, ErrorCode, NodeMessage, CONTROL_VERSION};
+use warren_proto::control::{CoordMessage, ErrorCode, NodeMessage};
 use warren_proto::ids::PrivateKey;
 use warren_proto::proof;
 
@@ -75,18 +75,7 @@ async fn join_as(
     secret: [u8; 32],
     name: &str,
 ) -> (Client, CoordMessage) {
-    c.send(&NodeMessage::Hello {
-        version: CONTROL_VERSION,
-        public_key: key.public_key(),
-    })
-    .await;
-    let Some(CoordMessage::Challenge {
-        server_ephemeral,
-        nonce,
-    }) = c.recv().await
-    else {
-        panic!("expected a challenge")
-    };
+    let (server_ephemeral, nonce) = c.hello(&key.public_key()).await;
     let p = proof::prove(key, &server_ephemeral, &nonce, &c.binding());
     c.send(&NodeMessage::Join {
         invite_secret: secret,
@@ -105,18 +94,7 @@ async fn login(
     key: &PrivateKey,
 ) -> (Client, CoordMessage) {
     let mut c = Client::connect(addr, mesh.fingerprint).await;
-    c.send(&NodeMessage::Hello {
-        version: CONTROL_VERSION,
-        public_key: key.public_key(),
-    })
-    .await;
-    let Some(CoordMessage::Challenge {
-        server_ephemeral,
-        nonce,
-    }) = c.recv().await
-    else {
-        panic!("expected a challenge")
-    };
+    let (server_ephemeral, nonce) = c.hello(&key.public_key()).await;
     let p = proof::prove(key, &server_ephemeral, &nonce, &c.binding());
     c.send(&NodeMessage::Login { proof: p }).await;
     let reply = c.recv().await.expect("a reply to login");

@@ -120,18 +120,7 @@ async fn wrong_proof_unknown_invite_and_unregistered_login_are_refused() {
 
     // A proof made with another key.
     let mut c = Client::connect(addr, mesh.fingerprint).await;
-    c.send(&NodeMessage::Hello {
-        version: CONTROL_VERSION,
-        public_key: key.public_key(),
-    })
-    .await;
-    let Some(CoordMessage::Challenge {
-        server_ephemeral,
-        nonce,
-    }) = c.recv().await
-    else {
-        panic!()
-    };
+    let (server_ephemeral, nonce) = c.hello(&key.public_key()).await;
     let other = PrivateKey::from_random([5; 32]);
     let p = proof::prove(&other, &server_ephemeral, &nonce, &c.binding());
     c.send(&NodeMessage::Join {
@@ -159,18 +148,7 @@ async fn wrong_proof_unknown_invite_and_unregistered_login_are_refused() {
 
     // Login with an unregistered key.
     let mut c = Client::connect(addr, mesh.fingerprint).await;
-    c.send(&NodeMessage::Hello {
-        version: CONTROL_VERSION,
-        public_key: key.public_key(),
-    })
-    .await;
-    let Some(CoordMessage::Challenge {
-        server_ephemeral,
-        nonce,
-    }) = c.recv().await
-    else {
-        panic!()
-    };
+    let (server_ephemeral, nonce) = c.hello(&key.public_key()).await;
     let p = proof::prove(&key, &server_ephemeral, &nonce, &c.binding());
     c.send(&NodeMessage::Login { proof: p }).await;
     assert!(matches!(
