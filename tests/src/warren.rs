@@ -80,6 +80,8 @@ pub struct PeerStatus {
     pub path: String,
     /// The endpoint in use, if any (`ip:port`).
     pub endpoint: Option<String>,
+    /// Why the peer is relayed or not yet connected (`None` when direct).
+    pub relay_reason: Option<String>,
 }
 
 impl Lab {
@@ -285,7 +287,28 @@ impl Lab {
                 ip: p["ip"].as_str().unwrap_or_default().to_string(),
                 path: p["path"].as_str().unwrap_or_default().to_string(),
                 endpoint: p["endpoint"].as_str().map(str::to_string),
+                relay_reason: p["relay_reason"].as_str().map(str::to_string),
             }))
+    }
+
+    /// `peer`'s path and relay reason as `node` reports them; an error if `node` does not list
+    /// `peer` or its status lacks the `relay_reason` field.
+    pub fn path_of(&mut self, node: &Node, peer: &str) -> Result<(String, Option<String>)> {
+        let v = self.status(node)?;
+        let p = v["peers"]
+            .as_array()
+            .context("status has no peers array")?
+            .iter()
+            .find(|p| p["name"].as_str() == Some(peer))
+            .with_context(|| format!("{} does not list {peer}", node.name))?;
+        anyhow::ensure!(
+            p.get("relay_reason").is_some(),
+            "status --json has no relay_reason field: {p}"
+        );
+        Ok((
+            p["path"].as_str().unwrap_or_default().to_string(),
+            p["relay_reason"].as_str().map(str::to_string),
+        ))
     }
 
     /// `GET path` on the coordinator's HTTP API via curl inside its namespace; returns

@@ -27,28 +27,6 @@ const TCP_CHECK_PORT: u16 = 5212;
 /// nftables table used to cut the direct path between two sites.
 const CUT_TABLE: &str = "warren_relay_cut";
 
-/// One peer's `path` and `relay_reason` as `node` reports them.
-fn path_of(lab: &mut Lab, node: &Node, peer: &str) -> Result<(String, Option<String>)> {
-    let v = lab.status(node)?;
-    let p = v["peers"]
-        .as_array()
-        .context("status has no peers array")?
-        .iter()
-        .find(|p| p["name"].as_str() == Some(peer))
-        .with_context(|| format!("{} does not list {peer}", node.name))?
-        .clone();
-    let path = p["path"].as_str().unwrap_or_default().to_string();
-    ensure!(
-        p.get("relay_reason").is_some(),
-        "status --json has no relay_reason field: {p}"
-    );
-    let reason = match &p["relay_reason"] {
-        Value::String(s) => Some(s.clone()),
-        _ => None,
-    };
-    Ok((path, reason))
-}
-
 /// Two ready nodes, their mesh addresses and sites.
 struct Pair {
     coord: Coordinator,
@@ -147,8 +125,8 @@ fn wait_path(lab: &mut Lab, a: &Node, b: &Node, ip_b: Ipv4Addr, want: &str) -> R
         Duration::ZERO,
         || {
             let _ = lab.ping(&ha, ip_b, 1)?;
-            let (pa, ra) = path_of(lab, a, "bravo")?;
-            let (pb, rb) = path_of(lab, b, "alpha")?;
+            let (pa, ra) = lab.path_of(a, "bravo")?;
+            let (pb, rb) = lab.path_of(b, "alpha")?;
             if pa == want && pb == want {
                 return Ok(Some(()));
             }
@@ -208,7 +186,7 @@ fn relay_sym_sym_pings_over_the_relay() {
             "TCP over the relay moved only {up} / {down} bytes"
         );
         for (node, peer) in [(&a, "bravo"), (&b, "alpha")] {
-            let (path, reason) = path_of(lab, node, peer)?;
+            let (path, reason) = lab.path_of(node, peer)?;
             ensure!(path == "relay", "{} sees {peer} on {path}", node.name);
             let reason = reason.context("relayed peer without a relay_reason")?;
             ensure!(
@@ -267,7 +245,7 @@ fn relay_sym_eim_connects() {
         );
         ensure!(up > 1e6 && down > 1e6, "TCP moved only {up} / {down} bytes");
         for (node, peer) in [(&a, "bravo"), (&b, "alpha")] {
-            let (path, reason) = path_of(lab, node, peer)?;
+            let (path, reason) = lab.path_of(node, peer)?;
             ensure!(
                 path == "relay" || path == "direct",
                 "{} sees {peer} on {path}",
@@ -305,7 +283,7 @@ fn relay_eim_eim_goes_direct_falls_back_and_returns() {
             .context("alpha's site has no router")?;
         cut_udp(&router, b.host.public_ip)?;
         let to_relay = wait_path(lab, &a, &b, ip_b, "relay")?;
-        let (_, reason) = path_of(lab, &a, "bravo")?;
+        let (_, reason) = lab.path_of(&a, "bravo")?;
         eprintln!("[relay-eim-eim] direct path cut: relay after {to_relay:.2?} ({reason:?})");
         let hb = b.host.clone();
         ensure!(

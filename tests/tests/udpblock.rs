@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
-use serde_json::Value;
+use anyhow::ensure;
 use warren_lab::cmd::wait_for;
-use warren_lab::{Lab, Node, SiteKind};
+use warren_lab::{Lab, SiteKind};
 
 /// From both daemons started to the first ping answered: the UDP attempt (4 s) fails first,
 /// then TCP, TLS, QUIC and the login run over the tunnel.
@@ -18,23 +17,6 @@ const SETTLE: Duration = Duration::from_secs(15);
 const IPERF_PORT: u16 = 5201;
 /// Seconds of the iperf3 run.
 const IPERF_SECONDS: u32 = 3;
-
-/// `peer`'s path and relay reason as `node` reports them.
-fn path_of(lab: &mut Lab, node: &Node, peer: &str) -> Result<(String, Option<String>)> {
-    let v = lab.status(node)?;
-    let p = v["peers"]
-        .as_array()
-        .context("status has no peers array")?
-        .iter()
-        .find(|p| p["name"].as_str() == Some(peer))
-        .with_context(|| format!("{} does not list {peer}", node.name))?
-        .clone();
-    let reason = match &p["relay_reason"] {
-        Value::String(s) => Some(s.clone()),
-        _ => None,
-    };
-    Ok((p["path"].as_str().unwrap_or_default().to_string(), reason))
-}
 
 #[test]
 fn udpblock_eim_joins_over_tcp_and_relays() {
@@ -92,7 +74,7 @@ fn udpblock_eim_joins_over_tcp_and_relays() {
             SETTLE,
             Duration::from_millis(500),
             || {
-                let (path, reason) = path_of(lab, &b, "open")?;
+                let (path, reason) = lab.path_of(&b, "open")?;
                 if path == "relay" && reason.as_deref() == Some("udp blocked") {
                     return Ok(Some(()));
                 }
@@ -105,7 +87,7 @@ fn udpblock_eim_joins_over_tcp_and_relays() {
             me["reflexive"].is_null(),
             "a tunnel has no reflexive address: {me}"
         );
-        let (path, reason) = path_of(lab, &e, "blocked")?;
+        let (path, reason) = lab.path_of(&e, "blocked")?;
         ensure!(path == "relay", "open sees blocked on {path} ({reason:?})");
         eprintln!("[udpblock-eim] blocked -> open: relay (udp blocked); open -> blocked: relay ({reason:?})");
 
