@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use warren_proto::control::CoordMessage;
 use warren_proto::ids::{MeshNetwork, NodeId};
+use warren_proto::noise::CipherSuite;
 use warren_proto::token::CoordinatorAddr;
 
 use crate::registry::Registry;
@@ -28,6 +29,8 @@ pub struct Mesh {
     pub admin_token: String,
     /// Relay limits and counters.
     pub relay: Relay,
+    /// The mesh-wide cipher nodes use for the sessions they start (sent in every Welcome).
+    pub cipher: CipherSuite,
     /// Source of connection ids for [`crate::registry::OnlineNode::conn_id`].
     next_conn_id: AtomicUsize,
 }
@@ -49,6 +52,7 @@ impl Mesh {
             fingerprint,
             admin_token,
             relay: Relay::default(),
+            cipher: CipherSuite::default(),
             next_conn_id: AtomicUsize::new(1),
         }
     }
@@ -56,6 +60,12 @@ impl Mesh {
     /// The same state with other per-node relay limits (default [`RelayLimits::default`]).
     pub fn with_relay_limits(mut self, limits: RelayLimits) -> Self {
         self.relay.limits = limits;
+        self
+    }
+
+    /// The same state with another mesh-wide cipher (default ChaCha20-Poly1305).
+    pub fn with_cipher(mut self, cipher: CipherSuite) -> Self {
+        self.cipher = cipher;
         self
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 use warren_proto::ids::MeshNetwork;
+use warren_proto::noise::CipherSuite;
 use warren_proto::token::CoordinatorAddr;
 
 use crate::datadir::{self, DataDir};
@@ -48,6 +49,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = relay::DEFAULT_RELAY_PPS,
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     relay_rate_pps: u32,
+    /// Cipher of the mesh's sessions: chacha20-poly1305 or aes-256-gcm (faster on CPUs with AES
+    /// instructions). Sent to every node at login; sessions switch at their next rekey.
+    #[arg(long, default_value = "chacha20-poly1305")]
+    cipher: CipherSuite,
 }
 
 /// Runs the coordinator.
@@ -85,10 +90,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 identity.fingerprint,
                 admin_token,
             )
-            .with_relay_limits(RelayLimits::new(args.relay_rate_mbit, args.relay_rate_pps)),
+            .with_relay_limits(RelayLimits::new(args.relay_rate_mbit, args.relay_rate_pps))
+            .with_cipher(args.cipher),
         );
         info!(quic = %listen, http = %http_addr, public = %public_addr, %network,
               relay_mbit = args.relay_rate_mbit, relay_pps = args.relay_rate_pps,
+              cipher = %args.cipher,
               "coordinator listening");
         // Printed once per data directory, after the first start that got this far (a first start
         // that failed to bind does not use it up).

@@ -166,6 +166,7 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
         network: mesh.network,
         reflexive: remote,
         peers,
+        cipher: mesh.cipher,
     };
     if write_frame(&mut send, &welcome).await.is_ok() {
         mesh.registry.broadcast_except(

@@ -70,6 +70,10 @@ impl PeerBook {
                 "coordinator reports a different mesh address than the saved one");
         }
         self.me.name = w.node.name.clone();
+        if engine.suite() != w.cipher {
+            tracing::info!(cipher = ?w.cipher, "mesh cipher set by the coordinator");
+            engine.set_suite(w.cipher);
+        }
         let others: Vec<PeerRecord> = w
             .peers
             .into_iter()
@@ -181,6 +185,7 @@ mod tests {
             network: MeshNetwork::default(),
             reflexive: reflexive.parse().unwrap(),
             peers,
+            cipher: CipherSuite::AesGcm,
         }
     }
 
@@ -202,6 +207,11 @@ mod tests {
         assert_eq!(names(&r), vec!["n2", "n3"]);
         assert_eq!(r.me.coordinator, Link::Connected);
         assert_eq!(r.me.reflexive.as_deref(), Some("203.0.113.1:5"));
+        assert_eq!(
+            engine.suite(),
+            CipherSuite::AesGcm,
+            "the Welcome sets the mesh cipher"
+        );
         book.disconnected();
         assert_eq!(book.report(&engine, now).me.coordinator, Link::Disconnected);
     }

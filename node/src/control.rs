@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 use warren_proto::control::{self, CoordMessage, NodeMessage, PeerRecord, CONTROL_VERSION};
 use warren_proto::ids::{MeshNetwork, PrivateKey};
+use warren_proto::noise::CipherSuite;
 use warren_proto::proof::{prove, EXPORTER_LABEL};
 use warren_proto::token::CoordinatorAddr;
 
@@ -77,6 +78,8 @@ pub struct Welcome {
     pub reflexive: SocketAddr,
     /// All other nodes.
     pub peers: Vec<PeerRecord>,
+    /// The mesh-wide cipher for sessions this node starts.
+    pub cipher: CipherSuite,
 }
 
 /// An established, logged-in control session.
@@ -302,6 +305,7 @@ async fn handshake(
             network,
             reflexive,
             peers,
+            cipher,
         } => Ok(Session {
             conn,
             send,
@@ -311,6 +315,7 @@ async fn handshake(
                 network,
                 reflexive,
                 peers,
+                cipher,
             },
             carrier: None,
         }),

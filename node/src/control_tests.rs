@@ -102,6 +102,7 @@ async fn scripted(srv: quinn::Endpoint, script: Script) -> (NodeMessage, Vec<Soc
                     network: MeshNetwork::default(),
                     reflexive: conn.remote_address(),
                     peers: vec![record(2)],
+                    cipher: Default::default(),
                 },
             )
             .await;

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MeshIp, MeshNetwork, NodeId, PublicKey};
+use crate::noise::CipherSuite;
 
 /// Version of the control protocol spoken by this build.
 pub const CONTROL_VERSION: u16 = 1;
@@ -144,6 +145,10 @@ pub enum CoordMessage {
         reflexive: SocketAddr,
         /// Every other node of the mesh.
         peers: Vec<PeerRecord>,
+        /// The mesh-wide cipher for the sessions this node starts (absent from coordinators
+        /// older than the field: ChaCha20-Poly1305).
+        #[serde(default)]
+        cipher: CipherSuite,
     },
     /// The node's reflexive address changed.
     Reflexive {
@@ -331,6 +336,7 @@ mod tests {
                 network: MeshNetwork::default(),
                 reflexive: "198.51.100.2:4000".parse().unwrap(),
                 peers: vec![record()],
+                cipher: CipherSuite::AesGcm,
             },
             CoordMessage::Reflexive {
                 addr: "198.51.100.2:4001".parse().unwrap(),

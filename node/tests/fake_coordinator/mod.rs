@@ -267,6 +267,7 @@ fn login(
             network: network(),
             reflexive,
             peers,
+            cipher: Default::default(),
         },
     ))
 }

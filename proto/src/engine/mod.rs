@@ -205,6 +205,18 @@ impl Engine {
         self.shared.config.private_key.public_key()
     }
 
+    /// Sets the cipher for the sessions this node starts from now on (the mesh-wide choice the
+    /// coordinator's Welcome carries). Running sessions keep theirs until their next rekey; as a
+    /// responder the engine always answers in the initiator's cipher.
+    pub fn set_suite(&mut self, suite: CipherSuite) {
+        self.shared.config.suite = suite;
+    }
+
+    /// The cipher for sessions this node starts.
+    pub fn suite(&self) -> CipherSuite {
+        self.shared.config.suite
+    }
+
     /// Replaces the peer list (the coordinator's Welcome).
     pub fn set_peers(&mut self, peers: &[PeerRecord], now: Instant) {
         let keep: Vec<NodeId> = peers.iter().map(|p| p.node_id).collect();

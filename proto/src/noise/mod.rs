@@ -85,6 +85,38 @@ impl CipherSuite {
             .parse()
             .expect("static Noise parameter strings are valid")
     }
+
+    /// The name operators write in flags and config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherSuite::ChaChaPoly => "chacha20-poly1305",
+            CipherSuite::AesGcm => "aes-256-gcm",
+        }
+    }
+}
+
+impl std::fmt::Display for CipherSuite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A cipher name that is neither `chacha20-poly1305` nor `aes-256-gcm`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown cipher {0:?} (use chacha20-poly1305 or aes-256-gcm)")]
+pub struct UnknownCipher(pub String);
+
+impl std::str::FromStr for CipherSuite {
+    type Err = UnknownCipher;
+
+    /// Accepts the operator names, case-insensitively, with or without dashes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "chacha20poly1305" | "chachapoly" => Ok(CipherSuite::ChaChaPoly),
+            "aes256gcm" | "aesgcm" => Ok(CipherSuite::AesGcm),
+            _ => Err(UnknownCipher(s.to_string())),
+        }
+    }
 }
 
 /// Why a handshake or transport operation failed.

@@ -120,3 +120,16 @@ fn timestamps_order() {
     let t2 = Timestamp::from_unix_nanos(2_000_000_000);
     assert!(t1 < t2);
 }
+
+#[test]
+fn cipher_names_round_trip() {
+    for suite in [CipherSuite::ChaChaPoly, CipherSuite::AesGcm] {
+        assert_eq!(suite.name().parse::<CipherSuite>(), Ok(suite));
+    }
+    assert_eq!("AES256GCM".parse::<CipherSuite>(), Ok(CipherSuite::AesGcm));
+    assert_eq!(
+        "chacha20_poly1305".parse::<CipherSuite>(),
+        Ok(CipherSuite::ChaChaPoly)
+    );
+    assert!("rc4".parse::<CipherSuite>().is_err());
+}
