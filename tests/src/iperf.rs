@@ -14,6 +14,8 @@ use crate::warren::Node;
 
 /// How long a client keeps retrying while the server starts listening.
 const SERVER_START: Duration = Duration::from_secs(10);
+/// Grace for a background stream to finish after its nominal length.
+const STREAM_GRACE: Duration = Duration::from_secs(20);
 
 /// An iperf3 server the lab started.
 #[derive(Clone, Debug)]
@@ -24,6 +26,15 @@ pub struct IperfServer {
     pub port: u16,
     /// The iperf3 binary.
     bin: PathBuf,
+}
+
+/// A client running in the background (see [`Lab::iperf_stream`]).
+#[derive(Debug)]
+pub struct IperfStream {
+    /// The lab's process id of the client.
+    proc: usize,
+    /// Its nominal length.
+    secs: u32,
 }
 
 /// One client run's outcome.
@@ -46,6 +57,26 @@ impl IperfRun {
         self.json["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .context("iperf3 JSON has no end.sum_received.bits_per_second")
+    }
+
+    /// Bytes received in each of the report's intervals (one second each by default).
+    pub fn interval_bytes(&self) -> Result<Vec<f64>> {
+        Ok(self.json["intervals"]
+            .as_array()
+            .context("iperf3 JSON has no intervals")?
+            .iter()
+            .map(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0))
+            .collect())
+    }
+
+    /// The longest run of intervals in which no data arrived (0: the stream never stopped).
+    pub fn longest_stall(&self) -> Result<usize> {
+        Ok(self
+            .interval_bytes()?
+            .split(|b| *b > 0.0)
+            .map(<[f64]>::len)
+            .max()
+            .unwrap_or(0))
     }
 
     /// TCP retransmissions by the sender.
@@ -128,5 +159,37 @@ impl Lab {
                 Ok(Some(parse_report(&out.stdout)?))
             },
         )
+    }
+
+    /// Starts a `secs`-second TCP stream from `from` to `server` in the background, capped at
+    /// `rate` (iperf3 `-b`, e.g. "40M") so that a loaded 2-core lab keeps time. The server must
+    /// already listen: this waits half a second for it.
+    pub fn iperf_stream(
+        &mut self,
+        from: &Node,
+        server: &IperfServer,
+        secs: u32,
+        rate: &str,
+    ) -> Result<IperfStream> {
+        let mut args = Self::iperf_args(server, secs, false);
+        args.extend(["-b".to_string(), rate.to_string()]);
+        std::thread::sleep(Duration::from_millis(500));
+        let bin = server.bin.clone();
+        let proc = self.spawn("iperf3-client", &from.host.ns, &bin, &args)?;
+        Ok(IperfStream { proc, secs })
+    }
+
+    /// Waits for a background stream to end and returns its report; an error if the client
+    /// failed (e.g. the TCP connection broke) or did not end in time.
+    pub fn iperf_finish(&mut self, stream: IperfStream) -> Result<IperfRun> {
+        let status = wait_for(
+            "the iperf3 stream to end",
+            Duration::from_secs(u64::from(stream.secs)) + STREAM_GRACE,
+            Duration::from_millis(200),
+            || Ok(self.proc_mut(stream.proc).try_exit()),
+        )?;
+        let json = self.proc(stream.proc).stdout();
+        ensure!(status.success(), "iperf3 client failed: {json}");
+        parse_report(&json)
     }
 }

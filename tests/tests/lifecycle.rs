@@ -1,6 +1,7 @@
 //! Beyond the first connection: tunnels that outlive the coordinator, a node restarted with
 //! `warren up` from its saved state, a coordinator restarted on its data dir (DESIGN.md
-//! sections 3 and 6), and TCP throughput through the tunnel (section 5).
+//! sections 3 and 6) even in the middle of a TCP stream, a node removed through the API, and TCP
+//! throughput through the tunnel (section 5).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -8,8 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use warren_lab::cmd::wait_for;
+use warren_lab::warren::CLI_TIMEOUT;
 use warren_lab::{Coordinator, Host, Lab, Node, SiteKind};
 
+/// What a removed node says when it is refused (node/src/error.rs).
+const REMOVED_MESSAGE: &str = "not registered with the coordinator";
 /// Bound on every "until it works again" wait.
 const RECOVER: Duration = Duration::from_secs(30);
 /// Minimum tunnel throughput accepted, bits per second: a sanity floor for a debug build on a
@@ -51,6 +55,44 @@ fn wait_ping(lab: &Lab, from: &Host, to: Ipv4Addr, what: &str) -> Result<Duratio
     wait_for(what, RECOVER, Duration::ZERO, || {
         Ok(lab.ping(from, to, 1)?.then_some(()))
     })?;
+    Ok(t.elapsed())
+}
+
+/// `name -> mesh IP` of every node `/v1/peers` lists.
+fn addresses(lab: &Lab, coord: &Coordinator) -> Result<Vec<(String, String)>> {
+    let (code, body) = lab.api_get(coord, "/v1/peers", true)?;
+    ensure!(code == 200, "GET /v1/peers: HTTP {code}: {body}");
+    let v: Value = serde_json::from_str(&body).context("/v1/peers is not JSON")?;
+    let mut out: Vec<(String, String)> = v
+        .as_array()
+        .context("/v1/peers is not an array")?
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_string(),
+                p["ip"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Waits until `/v1/peers` reports every one of `names` online.
+fn wait_online(lab: &Lab, coord: &Coordinator, names: &[&str]) -> Result<Duration> {
+    let t = Instant::now();
+    wait_for(
+        &format!("{names:?} online"),
+        RECOVER,
+        Duration::from_millis(250),
+        || {
+            let online = online_names(lab, coord)?;
+            if names.iter().all(|n| online.iter().any(|o| o == n)) {
+                return Ok(Some(()));
+            }
+            bail!("online: {online:?}")
+        },
+    )?;
     Ok(t.elapsed())
 }
 
@@ -101,23 +143,8 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
 
         // The coordinator restarted on its data dir: both nodes log in again by themselves.
         let coord2 = lab.restart_coordinator(&p.coord, "coordinator-restarted")?;
-        let t = Instant::now();
-        wait_for(
-            "both nodes online again after the coordinator restart",
-            RECOVER,
-            Duration::from_millis(250),
-            || {
-                let names = online_names(lab, &coord2)?;
-                if names.iter().any(|n| n == "alpha") && names.iter().any(|n| n == "bravo") {
-                    return Ok(Some(()));
-                }
-                bail!("online: {names:?}")
-            },
-        )?;
-        warren_lab::note!(
-            "[lifecycle] both nodes online {:.2?} after the coordinator restart",
-            t.elapsed()
-        );
+        let t = wait_online(lab, &coord2, &["alpha", "bravo"])?;
+        warren_lab::note!("[lifecycle] both nodes online {t:.2?} after the coordinator restart");
         ensure!(
             lab.ping(&a2.host, p.ip_b, 3)?,
             "no ping alpha -> bravo after everything restarted"
@@ -147,6 +174,60 @@ fn tunnels_survive_coordinator_outage_and_restarts() {
         let t = wait_ping(lab, &c.host, p.ip_a, "new node charlie -> alpha")?;
         warren_lab::note!(
             "[lifecycle] charlie joined after the restart, ping to alpha after {t:.2?}"
+        );
+        Ok(())
+    });
+}
+
+/// iperf3 port of the restart-mid-stream test.
+const STREAM_PORT: u16 = 5221;
+/// Length of that stream, seconds: long enough for a stop, a pause and a restart.
+const STREAM_SECONDS: u32 = 14;
+
+#[test]
+fn coordinator_restart_mid_stream_loses_nothing() {
+    Lab::run_test("restart-mid-stream", |lab| {
+        let p = pair(lab)?;
+        let before = addresses(lab, &p.coord)?;
+        let srv = lab.iperf_server(&p.b, p.ip_b, STREAM_PORT)?;
+        let stream = lab.iperf_stream(&p.a, &srv, STREAM_SECONDS, "40M")?;
+
+        // Stop the coordinator mid-stream, leave it down a while, start it again.
+        std::thread::sleep(Duration::from_secs(3));
+        lab.proc_mut(p.coord.proc).stop();
+        std::thread::sleep(Duration::from_secs(3));
+        let coord2 = lab.restart_coordinator(&p.coord, "coordinator-restarted")?;
+        let t = wait_online(lab, &coord2, &["alpha", "bravo"])?;
+        warren_lab::note!("[restart-mid-stream] both nodes online {t:.2?} after the restart");
+
+        // The direct tunnel never needed the coordinator: not one second without data.
+        let run = lab.iperf_finish(stream)?;
+        let stall = run.longest_stall()?;
+        let per_second = run.interval_bytes()?;
+        let slowest = per_second.iter().copied().fold(f64::INFINITY, f64::min);
+        warren_lab::note!(
+            "[restart-mid-stream] {STREAM_SECONDS} s stream across the restart: {:.1} MB, slowest second {:.2} MB, longest stall {stall} s",
+            run.received_bytes()? / 1e6,
+            slowest / 1e6
+        );
+        ensure!(
+            stall == 0,
+            "the stream stopped for {stall} s: {per_second:?}"
+        );
+
+        // Same nodes, same addresses; and the restarted coordinator still takes new nodes.
+        let after = addresses(lab, &coord2)?;
+        ensure!(
+            after == before,
+            "the mesh changed across the restart: {before:?} -> {after:?}"
+        );
+        let sc = lab.add_site(SiteKind::Open)?;
+        let tc = lab.invite(&coord2, &[])?;
+        let c = lab.join(&sc.hosts[0], &tc, "charlie", None)?;
+        lab.wait_node_ready(&c)?;
+        let t = wait_ping(lab, &c.host, p.ip_b, "new node charlie -> bravo")?;
+        warren_lab::note!(
+            "[restart-mid-stream] charlie joined after the restart, ping after {t:.2?}"
         );
         Ok(())
     });
@@ -218,6 +299,46 @@ fn removed_node_is_cut_off() {
         ensure!(
             !body.contains("\"alpha\""),
             "/v1/peers still lists alpha: {body}"
+        );
+        // Bravo has dropped alpha from its peers.
+        let st = lab.status(&p.b)?;
+        ensure!(
+            !st.to_string().contains("\"alpha\""),
+            "bravo's status still lists alpha: {st}"
+        );
+
+        // Alpha's daemon learns it was removed and stops with the reason.
+        let status = wait_for(
+            "the removed alpha's daemon to exit",
+            RECOVER,
+            Duration::from_millis(200),
+            || Ok(lab.proc_mut(p.a.proc).try_exit()),
+        )?;
+        let stderr = lab.proc(p.a.proc).stderr_tail();
+        ensure!(
+            !status.success() && stderr.contains(REMOVED_MESSAGE),
+            "the removed alpha's daemon ended with {status} and: {stderr}"
+        );
+        // `warren up` on its saved state fails at once with a one-line, clear message.
+        let bins = lab.bins()?;
+        let (bin, dir) = (
+            bins.warren.display().to_string(),
+            p.a.state_dir.display().to_string(),
+        );
+        let out = lab.exec(
+            &p.a.host.ns,
+            &[&bin, "up", "--state-dir", &dir],
+            CLI_TIMEOUT,
+        )?;
+        ensure!(
+            !out.success() && out.stderr.contains(REMOVED_MESSAGE),
+            "`warren up` of the removed node: exit {}, stderr: {}",
+            out.code(),
+            out.stderr
+        );
+        warren_lab::note!(
+            "[remove-node] `warren up` of the removed node: {}",
+            out.stderr.trim()
         );
         Ok(())
     });

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use warren_lab::cmd::wait_for;
-use warren_lab::iperf::parse_report;
 use warren_lab::lab::EXEC_TIMEOUT;
 use warren_lab::netns::nft_load;
 use warren_lab::{Coordinator, Host, Lab, Node, Site, SiteKind};
@@ -326,11 +325,7 @@ fn relay_tcp_stream_survives_a_cut_and_the_heal() {
 
         // A modest-rate TCP stream alpha -> bravo (rate-capped so the 2-core lab keeps time).
         let srv = lab.iperf_server(&b, ip_b, STREAM_PORT)?;
-        let iperf3 = warren_lab::lab::which("iperf3").context("iperf3 is not installed")?;
-        let mut client = Lab::iperf_args(&srv, STREAM_SECONDS, false);
-        client.extend(["-b".to_string(), "40M".to_string()]);
-        std::thread::sleep(Duration::from_millis(500));
-        let stream = lab.spawn("iperf3-client", &a.host.ns, &iperf3, &client)?;
+        let stream = lab.iperf_stream(&a, &srv, STREAM_SECONDS, "40M")?;
         std::thread::sleep(Duration::from_secs(4));
 
         let router = site_a
@@ -354,27 +349,9 @@ fn relay_tcp_stream_survives_a_cut_and_the_heal() {
         );
 
         // The one TCP connection lived through both switches.
-        let status = wait_for(
-            "the iperf3 stream to end",
-            Duration::from_secs(u64::from(STREAM_SECONDS) + 20),
-            Duration::from_millis(200),
-            || Ok(lab.proc_mut(stream).try_exit()),
-        )?;
-        let json = lab.proc(stream).stdout();
-        ensure!(status.success(), "iperf3 client failed: {json}");
-        let run = parse_report(&json)?;
+        let run = lab.iperf_finish(stream)?;
         let received = run.received_bytes()?;
-        let per_second: Vec<f64> = run.json["intervals"]
-            .as_array()
-            .context("iperf3 JSON has no intervals")?
-            .iter()
-            .map(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0))
-            .collect();
-        let longest_stall = per_second
-            .split(|b| *b > 0.0)
-            .map(<[f64]>::len)
-            .max()
-            .unwrap_or(0);
+        let longest_stall = run.longest_stall()?;
         eprintln!(
             "[relay-stream] {STREAM_SECONDS} s stream: {:.1} MB received, longest stall {longest_stall} s",
             received / 1e6
