@@ -10,7 +10,8 @@ use warren_proto::engine::Engine;
 use warren_proto::ids::NodeId;
 
 use crate::control::Welcome;
-use crate::status::{peer_lines, Carrier, Link, SelfStatus, StatusReport};
+use crate::dataio::SHELL_DROPS;
+use crate::status::{peer_lines, Carrier, Link, SelfReport, SelfStatus, StatusReport};
 
 /// The coordinator's view of the mesh, as far as this node needs it.
 #[derive(Debug)]
@@ -127,9 +128,19 @@ impl PeerBook {
 
     /// The status report, with the engine's per-peer numbers.
     pub fn report(&self, engine: &Engine, now: Instant) -> StatusReport {
+        let engine_drops = engine.drop_counters().reasons();
+        let shell_drops = SHELL_DROPS.reasons();
         StatusReport {
-            me: self.me.clone(),
+            me: SelfReport {
+                node: self.me.clone(),
+                cipher: Some(engine.suite()),
+            },
             peers: peer_lines(self.peers.values(), &engine.peer_status(now)),
+            dropped: engine_drops
+                .iter()
+                .chain(&shell_drops)
+                .map(|&(reason, n)| (reason.to_string(), n))
+                .collect(),
         }
     }
 }
@@ -197,7 +208,10 @@ mod tests {
     fn cached_list_is_replaced_by_the_welcome_without_self() {
         let (mut book, mut engine, now) = setup();
         assert_eq!(book.records().len(), 1, "self is never a peer");
-        assert_eq!(book.report(&engine, now).me.coordinator, Link::Disconnected);
+        assert_eq!(
+            book.report(&engine, now).me.node.coordinator,
+            Link::Disconnected
+        );
         assert!(book.on_welcome(
             &mut engine,
             welcome(vec![rec(1), rec(2), rec(3)], "203.0.113.1:5"),
@@ -205,15 +219,22 @@ mod tests {
         ));
         let r = book.report(&engine, now);
         assert_eq!(names(&r), vec!["n2", "n3"]);
-        assert_eq!(r.me.coordinator, Link::Connected);
-        assert_eq!(r.me.reflexive.as_deref(), Some("203.0.113.1:5"));
+        assert_eq!(r.me.node.coordinator, Link::Connected);
+        assert_eq!(r.me.node.reflexive.as_deref(), Some("203.0.113.1:5"));
         assert_eq!(
             engine.suite(),
             CipherSuite::AesGcm,
             "the Welcome sets the mesh cipher"
         );
+        assert_eq!(r.me.cipher, Some(CipherSuite::AesGcm));
+        assert_eq!(r.dropped.get("malformed"), Some(&0));
+        assert!(r.dropped.contains_key("tun_write_failed"));
+        assert_eq!(r.dropped.len(), 24, "engine and shell reasons");
         book.disconnected();
-        assert_eq!(book.report(&engine, now).me.coordinator, Link::Disconnected);
+        assert_eq!(
+            book.report(&engine, now).me.node.coordinator,
+            Link::Disconnected
+        );
     }
 
     #[test]
@@ -241,7 +262,7 @@ mod tests {
         let r = book.report(&engine, now);
         assert_eq!(names(&r), vec!["n3"]);
         assert!(!r.peers[0].online);
-        assert_eq!(r.me.reflexive.as_deref(), Some("203.0.113.1:6"));
+        assert_eq!(r.me.node.reflexive.as_deref(), Some("203.0.113.1:6"));
         assert_eq!(book.name(NodeId(3)), "n3");
         assert_eq!(book.name(NodeId(42)), "?");
     }

@@ -8,6 +8,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
@@ -20,6 +21,49 @@ use crate::socket::MAX_DATAGRAM;
 pub const MAX_GSO_BYTES: usize = 65_507;
 /// Bytes per receive slot: room for one GRO-coalesced burst (the kernel caps it at 64 KiB).
 const SLOT: usize = MAX_DATAGRAM;
+
+/// Packets the IO shell dropped, by reason, since the process started. The engine counts what
+/// it drops itself ([`warren_proto::engine::DropCounters`]); these are the drops only the shell
+/// sees. Process-wide relaxed atomics, like the kernel's SNMP counters: the data path bumps them
+/// from wherever a packet is lost without holding a handle to the status code, and the status
+/// report reads them.
+#[derive(Debug, Default)]
+pub struct ShellDrops {
+    /// Decrypted packets the TUN device refused (its queue is full, or the write failed).
+    pub tun_write_failed: AtomicU64,
+    /// Datagrams whose UDP send failed with an error other than would-block.
+    pub udp_send_failed: AtomicU64,
+    /// Relay datagrams larger than the control connection's current datagram size.
+    pub relay_too_large: AtomicU64,
+}
+
+/// The process's shell drop counters.
+pub static SHELL_DROPS: ShellDrops = ShellDrops {
+    tun_write_failed: AtomicU64::new(0),
+    udp_send_failed: AtomicU64::new(0),
+    relay_too_large: AtomicU64::new(0),
+};
+
+impl ShellDrops {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every counter with its reason name.
+    pub fn reasons(&self) -> [(&'static str, u64); 3] {
+        let Self {
+            tun_write_failed,
+            udp_send_failed,
+            relay_too_large,
+        } = self;
+        [
+            ("tun_write_failed", tun_write_failed.load(Ordering::Relaxed)),
+            ("udp_send_failed", udp_send_failed.load(Ordering::Relaxed)),
+            ("relay_too_large", relay_too_large.load(Ordering::Relaxed)),
+        ]
+    }
+}
 
 /// The shared socket's data-plane side.
 #[derive(Debug)]
@@ -94,8 +138,9 @@ impl DataIo {
             .await
     }
 
-    /// Sends a batch (one datagram, or a GSO run). Errors other than would-block are logged by
-    /// quinn-udp and dropped, as for any lost datagram.
+    /// Sends a batch (one datagram, or a GSO run), waiting while the socket buffer is full.
+    /// Other errors drop the batch like any lost datagram: they are counted
+    /// ([`ShellDrops::udp_send_failed`], per datagram), logged at debug, and returned.
     pub async fn send(&self, batch: &GsoBatch) -> io::Result<()> {
         let Some(dst) = batch.dst else {
             return Ok(());
@@ -107,11 +152,17 @@ impl DataIo {
             segment_size: (batch.count > 1).then_some(batch.segment),
             src_ip: None,
         };
-        self.io
+        let res = self
+            .io
             .async_io(Interest::WRITABLE, || {
-                self.state.send((&*self.io).into(), &transmit)
+                self.state.try_send((&*self.io).into(), &transmit)
             })
-            .await
+            .await;
+        if let Err(e) = &res {
+            ShellDrops::add(&SHELL_DROPS.udp_send_failed, batch.count as u64);
+            tracing::debug!(error = %e, %dst, datagrams = batch.count, "UDP send failed");
+        }
+        res
     }
 }
 

@@ -4,6 +4,7 @@
 //! Protocol: the client connects, writes `status\n`; the daemon answers one JSON
 //! [`StatusReport`] and closes.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -19,6 +20,7 @@ use warren_proto::control::PeerRecord;
 use warren_proto::control::{NodeMessage, PathInfo, PathState};
 use warren_proto::engine::{PathKind, PeerStatus};
 use warren_proto::ids::{MeshIp, NodeId, PublicKey};
+use warren_proto::noise::CipherSuite;
 
 use crate::error::NodeError;
 use crate::state::socket_path;
@@ -31,12 +33,49 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct StatusReport {
     /// This node.
     #[serde(rename = "self")]
-    pub me: SelfStatus,
+    pub me: SelfReport,
     /// The other nodes of the mesh, by mesh address.
     pub peers: Vec<PeerLine>,
+    /// Packets dropped since the daemon started, by reason (the engine's reasons, then the
+    /// data path's own, see [`crate::dataio::ShellDrops`]); empty from an older daemon.
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
 }
 
-/// This node's part of the report.
+/// The report's `self` section: what the daemon keeps about itself, plus what the engine
+/// knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelfReport {
+    /// Identity and the control connection's state (flattened into the section).
+    #[serde(flatten)]
+    pub node: SelfStatus,
+    /// Cipher of the sessions this node starts (the mesh-wide choice); `null` from an older
+    /// daemon.
+    #[serde(default, with = "cipher_name")]
+    pub cipher: Option<CipherSuite>,
+}
+
+/// Serialises a cipher as its operator name (`chacha20-poly1305`, `aes-256-gcm`).
+mod cipher_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use warren_proto::noise::CipherSuite;
+
+    /// Writes the operator name, or `null`.
+    pub fn serialize<S: Serializer>(c: &Option<CipherSuite>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => s.serialize_str(c.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads an operator name; an unknown one (a newer daemon's) reads as `None`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CipherSuite>, D::Error> {
+        let name: Option<String> = Option::deserialize(d)?;
+        Ok(name.and_then(|n| n.parse().ok()))
+    }
+}
+
+/// What the daemon keeps about itself for the report's `self` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SelfStatus {
     /// Name in the mesh.
@@ -94,6 +133,9 @@ pub enum PathName {
 pub struct PeerLine {
     /// Name in the mesh.
     pub name: String,
+    /// Coordinator-assigned id (`null` from an older daemon).
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
     /// Mesh address.
     pub ip: MeshIp,
     /// Current path.
@@ -112,6 +154,9 @@ pub struct PeerLine {
     pub tx_bytes: u64,
     /// Seconds since the last completed handshake.
     pub last_handshake_s: Option<u64>,
+    /// Handshakes completed with the peer since the daemon started (0 from an older daemon).
+    #[serde(default)]
+    pub handshakes: u64,
     /// Whether the coordinator lists the peer as connected.
     pub online: bool,
 }
@@ -145,6 +190,7 @@ pub fn peer_lines<'a>(
             let st = engine.iter().find(|s| s.node_id == r.node_id);
             PeerLine {
                 name: r.name.clone(),
+                node_id: Some(r.node_id),
                 ip: r.mesh_ip,
                 path: match st.map(|s| s.path) {
                     Some(PathKind::Direct) => PathName::Direct,
@@ -159,6 +205,7 @@ pub fn peer_lines<'a>(
                 rx_bytes: st.map_or(0, |s| s.rx_bytes),
                 tx_bytes: st.map_or(0, |s| s.tx_bytes),
                 last_handshake_s: st.and_then(|s| s.last_handshake).map(|d| d.as_secs()),
+                handshakes: st.map_or(0, |s| s.handshakes),
                 online: r.online,
             }
         })
@@ -270,20 +317,23 @@ fn bytes(n: u64) -> String {
 
 /// The table `warren status` prints without `--json`.
 pub fn render(r: &StatusReport) -> String {
-    let link = match r.me.coordinator {
+    let link = match r.me.node.coordinator {
         Link::Connected => "connected",
         Link::Disconnected => "disconnected",
     };
-    let over = match r.me.carrier {
+    let over = match r.me.node.carrier {
         Carrier::Udp => "",
         Carrier::Tcp => " over tcp (udp blocked)",
     };
+    let cipher =
+        r.me.cipher
+            .map_or(String::new(), |c| format!(", cipher {c}"));
     let mut out = format!(
-        "{} {} ({}), coordinator {link}{over}, reflexive {}\n",
-        r.me.name,
-        r.me.ip,
-        r.me.node_id,
-        r.me.reflexive.as_deref().unwrap_or("-")
+        "{} {} ({}), coordinator {link}{over}, reflexive {}{cipher}\n",
+        r.me.node.name,
+        r.me.node.ip,
+        r.me.node.node_id,
+        r.me.node.reflexive.as_deref().unwrap_or("-")
     );
     if r.peers.is_empty() {
         out.push_str("no peers\n");
@@ -346,3 +396,9 @@ pub fn render(r: &StatusReport) -> String {
 #[cfg(test)]
 #[path = "status_tests.rs"]
 mod tests;
+
+/// The metrics server's tests, built here until `main.rs` declares `mod metrics` (the daemon's
+/// `--metrics` flag is wired there).
+#[cfg(test)]
+#[path = "metrics.rs"]
+mod metrics_build;

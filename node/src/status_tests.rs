@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::state::tests::scratch;
 use warren_proto::engine::RelayReason;
+use warren_proto::noise::CipherSuite;
 
 fn rec(id: u64, online: bool) -> PeerRecord {
     PeerRecord {
@@ -31,6 +32,7 @@ fn engine_statuses() -> Vec<PeerStatus> {
             tx_bytes: 20,
             last_handshake: Some(Duration::from_secs(5)),
             relay_reason: None,
+            handshakes: 3,
         },
         PeerStatus {
             node_id: NodeId(4),
@@ -43,6 +45,7 @@ fn engine_statuses() -> Vec<PeerStatus> {
             tx_bytes: 2,
             last_handshake: Some(Duration::from_secs(1)),
             relay_reason: Some(RelayReason::PunchTimedOut),
+            handshakes: 1,
         },
     ]
 }
@@ -51,16 +54,20 @@ fn report() -> StatusReport {
     let records = [rec(3, false), rec(2, true), rec(4, true)];
     let engine = engine_statuses();
     StatusReport {
-        me: SelfStatus {
-            name: "alpha".into(),
-            ip: MeshIp(Ipv4Addr::new(100, 80, 0, 1)),
-            node_id: NodeId(1),
-            public_key: PublicKey([1; 32]),
-            reflexive: Some("203.0.113.9:41641".into()),
-            coordinator: Link::Connected,
-            carrier: crate::status::Carrier::Udp,
+        me: SelfReport {
+            node: SelfStatus {
+                name: "alpha".into(),
+                ip: MeshIp(Ipv4Addr::new(100, 80, 0, 1)),
+                node_id: NodeId(1),
+                public_key: PublicKey([1; 32]),
+                reflexive: Some("203.0.113.9:41641".into()),
+                coordinator: Link::Connected,
+                carrier: crate::status::Carrier::Udp,
+            },
+            cipher: Some(CipherSuite::ChaChaPoly),
         },
         peers: peer_lines(records.iter(), &engine),
+        dropped: BTreeMap::from([("decrypt_failed".into(), 2), ("tun_write_failed".into(), 0)]),
     }
 }
 
@@ -102,7 +109,12 @@ fn json_has_the_documented_shape() {
     assert_eq!(q["rx_bytes"], 0);
     assert_eq!(q["online"], false);
     let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys.len(), 10, "{keys:?}");
+    assert_eq!(p["node_id"], 2);
+    assert_eq!(p["handshakes"], 3);
+    assert_eq!(q["handshakes"], 0);
+    assert_eq!(keys.len(), 12, "{keys:?}");
+    assert_eq!(me["cipher"], "chacha20-poly1305");
+    assert_eq!(v["dropped"]["decrypt_failed"], 2);
     let table = render(&report());
     assert!(table.contains("peer2") && table.contains("direct") && table.contains("1.2 ms"));
     assert!(
@@ -116,13 +128,14 @@ fn json_has_the_documented_shape() {
     assert!(table.lines().count() == 5, "{table}");
     assert_eq!(me["carrier"], "udp");
     assert!(!table.contains("over tcp"), "{table}");
+    assert!(table.contains("cipher chacha20-poly1305"), "{table}");
 }
 
 #[test]
 fn the_tcp_carrier_shows() {
     let mut r = report();
-    r.me.carrier = crate::status::Carrier::Tcp;
-    r.me.reflexive = None;
+    r.me.node.carrier = crate::status::Carrier::Tcp;
+    r.me.node.reflexive = None;
     let v = serde_json::to_value(&r).unwrap();
     assert_eq!(v["self"]["carrier"], "tcp");
     assert!(v["self"]["reflexive"].is_null());
@@ -135,11 +148,26 @@ fn the_tcp_carrier_shows() {
             .contains("coordinator connected over tcp (udp blocked)"),
         "{table}"
     );
-    // An older daemon's report without the field reads as UDP.
+    // An older daemon's report without the newer fields reads as UDP, no cipher, no drops.
     let mut old = serde_json::to_value(report()).unwrap();
-    old["self"].as_object_mut().unwrap().remove("carrier");
+    for key in ["carrier", "cipher"] {
+        old["self"].as_object_mut().unwrap().remove(key);
+    }
+    old.as_object_mut().unwrap().remove("dropped");
+    for p in old["peers"].as_array_mut().unwrap() {
+        p.as_object_mut().unwrap().remove("handshakes");
+        p.as_object_mut().unwrap().remove("node_id");
+    }
     let back: StatusReport = serde_json::from_value(old).unwrap();
-    assert_eq!(back.me.carrier, crate::status::Carrier::Udp);
+    assert_eq!(back.me.node.carrier, crate::status::Carrier::Udp);
+    assert_eq!(back.me.cipher, None);
+    assert!(back.dropped.is_empty());
+    assert_eq!((back.peers[0].handshakes, back.peers[0].node_id), (0, None));
+    // A cipher name this CLI does not know (a newer daemon's) reads as none, not an error.
+    let mut newer = serde_json::to_value(report()).unwrap();
+    newer["self"]["cipher"] = "future-cipher".into();
+    let back: StatusReport = serde_json::from_value(newer).unwrap();
+    assert_eq!(back.me.cipher, None);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::io;
 
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use crate::dataio::{ShellDrops, SHELL_DROPS};
 use crate::socket::MAX_DATAGRAM;
 use crate::tun::TUN_MTU;
 
@@ -124,11 +125,14 @@ impl TunIo {
             let dev: &tun_rs::DeviceImpl = &self.dev;
             if let Err(e) = dev.send_multiple(&mut self.gro, &mut self.out[..self.queued], headroom)
             {
+                // At least one write of the batch failed (the rest were still tried).
+                ShellDrops::add(&SHELL_DROPS.tun_write_failed, 1);
                 tracing::debug!(error = %e, "TUN write failed");
             }
         } else {
             for p in &self.out[..self.queued] {
                 if let Err(e) = self.dev.try_send(p) {
+                    ShellDrops::add(&SHELL_DROPS.tun_write_failed, 1);
                     tracing::debug!(error = %e, "TUN write failed");
                 }
             }

@@ -139,6 +139,7 @@ impl Engine {
                     self.shared.free_index(old.local_index);
                 }
                 peer.last_handshake = Some(now);
+                peer.handshakes += 1;
                 debug!(peer = %id, %from, "handshake response sent");
             }
             Err(e) => {
@@ -192,6 +193,7 @@ impl Engine {
                     }
                 }
                 peer.install_current(session, &mut self.shared, now);
+                peer.handshakes += 1;
                 peer.authenticated_from(from, now);
                 let queued = peer.queue.len();
                 peer.flush_queue(&mut self.shared, now);

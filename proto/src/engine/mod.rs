@@ -160,6 +160,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Time since the last completed handshake.
     pub last_handshake: Option<Duration>,
+    /// Handshakes completed with this peer (as initiator or responder) since it was added.
+    pub handshakes: u64,
 }
 
 /// The node's data-plane state machine.

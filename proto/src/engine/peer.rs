@@ -118,6 +118,8 @@ pub(crate) struct Peer {
     pub tx_bytes: u64,
     /// When the latest session was completed.
     pub last_handshake: Option<Instant>,
+    /// Handshakes completed (either role), for metrics.
+    pub handshakes: u64,
     /// Added to REKEY_AFTER_TIME for this peer (up to [`REKEY_JITTER_MAX`]), so that two
     /// initiators that keyed at the same moment do not rekey at the same moment again.
     pub rekey_jitter: Duration,
@@ -170,6 +172,7 @@ impl Peer {
             rx_bytes: 0,
             tx_bytes: 0,
             last_handshake: None,
+            handshakes: 0,
             rekey_jitter,
         }
     }
@@ -365,6 +368,7 @@ impl Peer {
             last_handshake: self
                 .last_handshake
                 .map(|t| now.saturating_duration_since(t)),
+            handshakes: self.handshakes,
         }
     }
 }

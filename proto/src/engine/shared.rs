@@ -61,6 +61,60 @@ pub struct DropCounters {
     pub relay_probe: u64,
 }
 
+impl DropCounters {
+    /// Every counter with its reason name (the field name), in declaration order, for metrics
+    /// and status output.
+    pub fn reasons(&self) -> [(&'static str, u64); 21] {
+        // Destructured so that a new counter cannot be forgotten here.
+        let Self {
+            malformed,
+            probe_unknown_peer,
+            probe_bad_mac,
+            ack_unmatched,
+            handshake_invalid,
+            handshake_rate_limited,
+            handshake_unknown_key,
+            handshake_replay,
+            handshake_unexpected,
+            unknown_index,
+            decrypt_failed,
+            replayed,
+            expired,
+            inner_src_mismatch,
+            tun_out_too_small,
+            tun_not_ipv4,
+            tun_unknown_dst,
+            queue_overflow,
+            queue_expired,
+            relay_malformed,
+            relay_probe,
+        } = *self;
+        [
+            ("malformed", malformed),
+            ("probe_unknown_peer", probe_unknown_peer),
+            ("probe_bad_mac", probe_bad_mac),
+            ("ack_unmatched", ack_unmatched),
+            ("handshake_invalid", handshake_invalid),
+            ("handshake_rate_limited", handshake_rate_limited),
+            ("handshake_unknown_key", handshake_unknown_key),
+            ("handshake_replay", handshake_replay),
+            ("handshake_unexpected", handshake_unexpected),
+            ("unknown_index", unknown_index),
+            ("decrypt_failed", decrypt_failed),
+            ("replayed", replayed),
+            ("expired", expired),
+            ("inner_src_mismatch", inner_src_mismatch),
+            ("tun_out_too_small", tun_out_too_small),
+            ("tun_not_ipv4", tun_not_ipv4),
+            ("tun_unknown_dst", tun_unknown_dst),
+            ("queue_overflow", queue_overflow),
+            ("queue_expired", queue_expired),
+            ("relay_malformed", relay_malformed),
+            ("relay_probe", relay_probe),
+        ]
+    }
+}
+
 /// Engine-wide state shared by the per-peer logic.
 #[derive(Debug)]
 pub(crate) struct Shared {

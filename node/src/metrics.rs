@@ -1,0 +1,585 @@
+//! Prometheus metrics on the node's local API (IO shell layer): a small HTTP/1.1 server that
+//! answers `GET /metrics` with the text exposition format (version 0.0.4).
+//!
+//! The numbers come from the daemon the same way `warren status` gets them: one
+//! [`StatusRequest`] per scrape, answered by the engine-owner task with a [`StatusReport`], which
+//! [`render`] turns into metric families (per peer: path, online, bytes, RTT, handshakes, time
+//! since the last handshake; node-wide: drops by reason, coordinator link, carrier, cipher).
+//!
+//! The server speaks just enough HTTP for a scraper or `curl`: one request per connection
+//! (`Connection: close`), a bounded request head, a time limit per connection. It listens where
+//! the operator put it (`--metrics ADDR`, loopback by default in the docs): the counters carry
+//! peer names and traffic volumes, not packet contents.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::{Carrier, Link, PathName, StatusReport, StatusRequest};
+
+/// Largest request head read, in bytes (request line and headers); scrapers send a few hundred.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client gets to send its request and take the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Content type of the Prometheus text format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, asking the daemon for its
+/// status through `requests` once per scrape (503 when the daemon is gone).
+pub async fn serve(listener: TcpListener, requests: mpsc::Sender<StatusRequest>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics accept failed");
+                // E.g. out of file descriptors: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(IO_TIMEOUT, answer(stream, requests)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
+                Err(_) => tracing::debug!("metrics request timed out"),
+            }
+        });
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    /// `GET /metrics` (`head`: `HEAD`, no body).
+    Metrics {
+        /// Whether the body is left out.
+        head: bool,
+    },
+    /// Another path.
+    NotFound,
+    /// Another method.
+    MethodNotAllowed,
+    /// Not an HTTP/1.x request line, or a head over [`MAX_HEAD`].
+    Bad,
+}
+
+/// Parses the request head (everything up to the blank line).
+fn parse(head: &[u8]) -> Request {
+    let Ok(text) = std::str::from_utf8(head) else {
+        return Request::Bad;
+    };
+    let line = text.lines().next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Request::Bad;
+    };
+    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
+        return Request::Bad;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    let head = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Request::MethodNotAllowed,
+    };
+    if path == "/metrics" {
+        Request::Metrics { head }
+    } else {
+        Request::NotFound
+    }
+}
+
+/// Reads the request head: bytes up to and including the blank line, at most [`MAX_HEAD`].
+/// `None` when it is too long or the client closed early.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            if end > MAX_HEAD {
+                return Ok(None);
+            }
+            head.truncate(end);
+            return Ok(Some(head));
+        }
+        if head.len() > MAX_HEAD {
+            return Ok(None);
+        }
+    }
+}
+
+/// Answers one connection.
+async fn answer(
+    mut stream: TcpStream,
+    requests: mpsc::Sender<StatusRequest>,
+) -> std::io::Result<()> {
+    let request = match read_head(&mut stream).await? {
+        Some(head) => parse(&head),
+        None => Request::Bad,
+    };
+    let (status, body, head_only) = match request {
+        Request::Metrics { head } => match report(&requests).await {
+            Some(r) => ("200 OK", render(&r), head),
+            None => ("503 Service Unavailable", "daemon stopped\n".into(), head),
+        },
+        Request::NotFound => ("404 Not Found", "try /metrics\n".into(), false),
+        Request::MethodNotAllowed => ("405 Method Not Allowed", "use GET\n".into(), false),
+        Request::Bad => ("400 Bad Request", "bad request\n".into(), false),
+    };
+    let allow = if status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\
+         {allow}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    stream.write_all(&out).await?;
+    stream.shutdown().await?;
+    // Lingering close: read what the client still sends (e.g. the rest of an oversized head)
+    // until it closes, so that closing with unread data does not reset the answer away.
+    let mut sink = [0u8; 1024];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+    Ok(())
+}
+
+/// Asks the daemon for its report; `None` when it is gone.
+async fn report(requests: &mpsc::Sender<StatusRequest>) -> Option<StatusReport> {
+    let (tx, rx) = oneshot::channel();
+    requests.send(tx).await.ok()?;
+    rx.await.ok()
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes the HELP and TYPE lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The report as Prometheus text exposition.
+pub fn render(r: &StatusReport) -> String {
+    let mut out = String::with_capacity(1024 + r.peers.len() * 1024);
+    let peer_labels: Vec<String> = r
+        .peers
+        .iter()
+        .map(|p| {
+            let id = p.node_id.map(|id| id.0.to_string()).unwrap_or_default();
+            format!(
+                "peer=\"{}\",peer_id=\"{}\",peer_ip=\"{}\"",
+                escape(&p.name),
+                escape(&id),
+                p.ip
+            )
+        })
+        .collect();
+    let peers = || r.peers.iter().zip(&peer_labels);
+
+    family(
+        &mut out,
+        "warren_node_info",
+        "gauge",
+        "This node (always 1; the labels carry name, mesh address, id and cipher).",
+    );
+    let cipher = r.me.cipher.map_or("", |c| c.name());
+    let _ = writeln!(
+        out,
+        "warren_node_info{{name=\"{}\",ip=\"{}\",node_id=\"{}\",cipher=\"{cipher}\"}} 1",
+        escape(&r.me.node.name),
+        r.me.node.ip,
+        r.me.node.node_id.0,
+    );
+    family(
+        &mut out,
+        "warren_coordinator_connected",
+        "gauge",
+        "Whether the control connection to the coordinator is up (1) or reconnecting (0).",
+    );
+    let up = u8::from(r.me.node.coordinator == Link::Connected);
+    let _ = writeln!(out, "warren_coordinator_connected {up}");
+    family(
+        &mut out,
+        "warren_carrier",
+        "gauge",
+        "What carries the control connection and the relay (1 for the one in use).",
+    );
+    for (name, c) in [("udp", Carrier::Udp), ("tcp", Carrier::Tcp)] {
+        let v = u8::from(r.me.node.carrier == c);
+        let _ = writeln!(out, "warren_carrier{{carrier=\"{name}\"}} {v}");
+    }
+    family(
+        &mut out,
+        "warren_dropped_packets_total",
+        "counter",
+        "Packets dropped since the daemon started, by reason.",
+    );
+    for (reason, n) in &r.dropped {
+        let _ = writeln!(
+            out,
+            "warren_dropped_packets_total{{reason=\"{}\"}} {n}",
+            escape(reason)
+        );
+    }
+    family(
+        &mut out,
+        "warren_peers",
+        "gauge",
+        "Peers the coordinator lists in the mesh.",
+    );
+    let _ = writeln!(out, "warren_peers {}", r.peers.len());
+    family(
+        &mut out,
+        "warren_peer_path",
+        "gauge",
+        "How packets to the peer travel (1 for the current path: direct, relay or connecting).",
+    );
+    for (p, l) in peers() {
+        for (name, path) in [
+            ("direct", PathName::Direct),
+            ("relay", PathName::Relay),
+            ("connecting", PathName::Connecting),
+        ] {
+            let v = u8::from(p.path == path);
+            let _ = writeln!(out, "warren_peer_path{{{l},path=\"{name}\"}} {v}");
+        }
+    }
+    family(
+        &mut out,
+        "warren_peer_online",
+        "gauge",
+        "Whether the coordinator lists the peer as connected.",
+    );
+    for (p, l) in peers() {
+        let _ = writeln!(out, "warren_peer_online{{{l}}} {}", u8::from(p.online));
+    }
+    family(
+        &mut out,
+        "warren_peer_rx_bytes_total",
+        "counter",
+        "Decrypted payload bytes received from the peer.",
+    );
+    for (p, l) in peers() {
+        let _ = writeln!(out, "warren_peer_rx_bytes_total{{{l}}} {}", p.rx_bytes);
+    }
+    family(
+        &mut out,
+        "warren_peer_tx_bytes_total",
+        "counter",
+        "Payload bytes sent to the peer.",
+    );
+    for (p, l) in peers() {
+        let _ = writeln!(out, "warren_peer_tx_bytes_total{{{l}}} {}", p.tx_bytes);
+    }
+    family(
+        &mut out,
+        "warren_peer_rtt_seconds",
+        "gauge",
+        "Latest round-trip time of the direct path, measured by probes (absent when unknown).",
+    );
+    for (p, l) in peers() {
+        if let Some(ms) = p.rtt_ms {
+            let _ = writeln!(out, "warren_peer_rtt_seconds{{{l}}} {}", ms / 1e3);
+        }
+    }
+    family(
+        &mut out,
+        "warren_peer_handshakes_total",
+        "counter",
+        "Noise handshakes completed with the peer (either role).",
+    );
+    for (p, l) in peers() {
+        let _ = writeln!(out, "warren_peer_handshakes_total{{{l}}} {}", p.handshakes);
+    }
+    family(
+        &mut out,
+        "warren_peer_last_handshake_seconds",
+        "gauge",
+        "Seconds since the last completed handshake with the peer (absent before the first).",
+    );
+    for (p, l) in peers() {
+        if let Some(s) = p.last_handshake_s {
+            let _ = writeln!(out, "warren_peer_last_handshake_seconds{{{l}}} {s}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use warren_proto::control::PeerRecord;
+    use warren_proto::engine::{PathKind, PeerStatus, RelayReason};
+    use warren_proto::ids::{MeshIp, NodeId, PublicKey};
+    use warren_proto::noise::CipherSuite;
+
+    use super::*;
+    use crate::status::{peer_lines, SelfReport, SelfStatus};
+
+    fn rec(id: u64, name: &str) -> PeerRecord {
+        PeerRecord {
+            node_id: NodeId(id),
+            name: name.into(),
+            public_key: PublicKey([id as u8; 32]),
+            mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, id as u8)),
+            online: id != 3,
+            candidates: vec![],
+        }
+    }
+
+    fn status(id: u64, path: PathKind) -> PeerStatus {
+        PeerStatus {
+            node_id: NodeId(id),
+            name: String::new(),
+            mesh_ip: MeshIp(Ipv4Addr::new(100, 80, 0, id as u8)),
+            path,
+            endpoint: None,
+            rtt: (path == PathKind::Direct).then(|| Duration::from_micros(1500)),
+            relay_reason: (path == PathKind::Relay).then_some(RelayReason::PunchTimedOut),
+            rx_bytes: 1000 * id,
+            tx_bytes: 2000 * id,
+            last_handshake: Some(Duration::from_secs(7)),
+            handshakes: id,
+        }
+    }
+
+    fn report() -> StatusReport {
+        let records = [rec(2, "web"), rec(3, "db \"main\""), rec(4, "cache")];
+        let engine = [status(2, PathKind::Direct), status(4, PathKind::Relay)];
+        StatusReport {
+            me: SelfReport {
+                node: SelfStatus {
+                    name: "alpha".into(),
+                    ip: MeshIp(Ipv4Addr::new(100, 80, 0, 1)),
+                    node_id: NodeId(1),
+                    public_key: PublicKey([1; 32]),
+                    reflexive: None,
+                    coordinator: Link::Connected,
+                    carrier: Carrier::Udp,
+                },
+                cipher: Some(CipherSuite::AesGcm),
+            },
+            peers: peer_lines(records.iter(), &engine),
+            dropped: BTreeMap::from([("decrypt_failed".into(), 3), ("replayed".into(), 0)]),
+        }
+    }
+
+    /// Every sample line: (name, labels, value); checks the exposition syntax on the way.
+    fn samples(text: &str) -> Vec<(String, String, f64)> {
+        let mut typed: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["gauge", "counter"].contains(&kind), "{line}");
+                assert!(!typed.contains(&name.to_string()), "family twice: {name}");
+                typed.push(name.into());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.strip_suffix('}').unwrap()),
+                None => (series, ""),
+            };
+            assert_eq!(typed.last().map(String::as_str), Some(name), "{line}");
+            if name.ends_with("_total") {
+                assert!(text.contains(&format!("# TYPE {name} counter")));
+            }
+            out.push((name.into(), labels.into(), value.parse().unwrap()));
+        }
+        out
+    }
+
+    fn value(s: &[(String, String, f64)], name: &str, label: &str) -> Option<f64> {
+        s.iter()
+            .find(|(n, l, _)| n == name && l.contains(label))
+            .map(|x| x.2)
+    }
+
+    #[test]
+    fn renders_every_family_with_peer_labels() {
+        let text = render(&report());
+        let s = samples(&text);
+        let web = "peer=\"web\",peer_id=\"2\",peer_ip=\"100.80.0.2\"";
+        assert_eq!(
+            value(&s, "warren_peer_path", &format!("{web},path=\"direct\"")),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&s, "warren_peer_path", &format!("{web},path=\"relay\"")),
+            Some(0.0)
+        );
+        assert_eq!(value(&s, "warren_peer_rx_bytes_total", web), Some(2000.0));
+        assert_eq!(value(&s, "warren_peer_tx_bytes_total", web), Some(4000.0));
+        assert_eq!(value(&s, "warren_peer_rtt_seconds", web), Some(0.0015));
+        assert_eq!(value(&s, "warren_peer_handshakes_total", web), Some(2.0));
+        assert_eq!(
+            value(&s, "warren_peer_last_handshake_seconds", web),
+            Some(7.0)
+        );
+        assert_eq!(value(&s, "warren_peer_online", web), Some(1.0));
+        // The relayed peer has no RTT line; the unknown one is connecting with zeros.
+        assert_eq!(
+            value(
+                &s,
+                "warren_peer_path",
+                "peer=\"cache\",peer_id=\"4\",peer_ip=\"100.80.0.4\",path=\"relay\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(value(&s, "warren_peer_rtt_seconds", "peer=\"cache\""), None);
+        let db = "peer=\"db \\\"main\\\"\"";
+        assert_eq!(
+            value(
+                &s,
+                "warren_peer_path",
+                &format!("{db},peer_id=\"3\",peer_ip=\"100.80.0.3\",path=\"connecting\"")
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(value(&s, "warren_peer_online", db), Some(0.0));
+        assert_eq!(value(&s, "warren_peer_handshakes_total", db), Some(0.0));
+        assert_eq!(
+            value(
+                &s,
+                "warren_dropped_packets_total",
+                "reason=\"decrypt_failed\""
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&s, "warren_dropped_packets_total", "reason=\"replayed\""),
+            Some(0.0)
+        );
+        assert_eq!(value(&s, "warren_coordinator_connected", ""), Some(1.0));
+        assert_eq!(value(&s, "warren_carrier", "carrier=\"udp\""), Some(1.0));
+        assert_eq!(value(&s, "warren_carrier", "carrier=\"tcp\""), Some(0.0));
+        assert_eq!(value(&s, "warren_peers", ""), Some(3.0));
+        assert_eq!(
+            value(&s, "warren_node_info", "cipher=\"aes-256-gcm\""),
+            Some(1.0)
+        );
+        // One path line per state per peer.
+        assert_eq!(s.iter().filter(|x| x.0 == "warren_peer_path").count(), 9);
+    }
+
+    async fn get(addr: std::net::SocketAddr, request: &str) -> (String, String) {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        let mut all = String::new();
+        c.read_to_string(&mut all).await.unwrap();
+        let (head, body) = all.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn answers_scrapes_over_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel::<StatusRequest>(4);
+        let server = tokio::spawn(serve(listener, tx));
+        let daemon = tokio::spawn(async move {
+            // Two scrapes, then the daemon stops.
+            for _ in 0..2 {
+                let reply = rx.recv().await.unwrap();
+                let _ = reply.send(report());
+            }
+        });
+        let (head, body) = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        assert_eq!(body, render(&report()));
+        let (head, body) = get(addr, "HEAD /metrics?x=1 HTTP/1.0\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(body.is_empty());
+        daemon.await.unwrap();
+        let (head, _) = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 503"), "daemon gone: {head}");
+        let (head, _) = get(addr, "GET / HTTP/1.1\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        let (head, _) = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            head.starts_with("HTTP/1.1 405") && head.contains("Allow: GET"),
+            "{head}"
+        );
+        let (head, _) = get(addr, "hello\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        let (head, _) = get(addr, &huge).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "oversized head: {head}");
+        server.abort();
+    }
+
+    #[test]
+    fn parses_request_lines() {
+        assert_eq!(
+            parse(b"GET /metrics HTTP/1.1"),
+            Request::Metrics { head: false }
+        );
+        assert_eq!(
+            parse(b"HEAD /metrics HTTP/1.1\r\nA: b"),
+            Request::Metrics { head: true }
+        );
+        assert_eq!(parse(b"GET /metricsx HTTP/1.1"), Request::NotFound);
+        assert_eq!(parse(b"PUT /metrics HTTP/1.1"), Request::MethodNotAllowed);
+        assert_eq!(parse(b"GET /metrics HTTP/2"), Request::Bad);
+        assert_eq!(parse(b"GET metrics HTTP/1.1"), Request::Bad);
+        assert_eq!(parse(b"GET  /metrics HTTP/1.1"), Request::Bad);
+        assert_eq!(parse(&[0xff, 0xfe]), Request::Bad);
+        assert_eq!(parse(b""), Request::Bad);
+    }
+}
