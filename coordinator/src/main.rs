@@ -4,6 +4,7 @@
 //! (it works while `serve` runs, through SQLite's locking) and prints the token.
 
 mod bucket;
+mod config;
 mod datadir;
 mod http;
 mod invite;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use warren_cli::logging::LogFormat;
 use warren_proto::ids::MeshNetwork;
 use warren_proto::token::CoordinatorAddr;
 
@@ -37,6 +39,10 @@ use crate::datadir::DataDir;
 #[derive(Parser)]
 #[command(name = "warren-coordinator", version)]
 struct Cli {
+    /// Log format on stderr: text or json (also env WARREN_LOG_FORMAT, config key log_format)
+    /// [default: text].
+    #[arg(long, global = true, env = warren_cli::logging::LOG_FORMAT_ENV, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,7 +50,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the coordinator.
-    Serve(serve::ServeArgs),
+    Serve(config::ServeArgs),
     /// Manage invites.
     Invite {
         #[command(subcommand)]
@@ -61,9 +67,12 @@ enum InviteCommand {
 /// Arguments of `invite create`.
 #[derive(clap::Args)]
 struct CreateArgs {
-    /// Data directory of the coordinator.
-    #[arg(long, env = "WARREN_COORDINATOR_DATA_DIR", default_value = datadir::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Config file of `serve` (only its data_dir is used here).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory of the coordinator [default: /var/lib/warren-coordinator].
+    #[arg(long, env = "WARREN_COORDINATOR_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// How many nodes may join with this invite.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     uses: u32,
@@ -101,14 +110,22 @@ fn parse_socket(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn invite_create(args: CreateArgs) -> Result<()> {
-    if !args.data_dir.join("cert.der").exists() {
+    let from_file = match &args.config {
+        Some(path) => config::load(path)?.values.data_dir,
+        None => None,
+    };
+    let data_dir = args
+        .data_dir
+        .or(from_file)
+        .unwrap_or_else(|| PathBuf::from(datadir::DEFAULT_DATA_DIR));
+    if !data_dir.join("cert.der").exists() {
         bail!(
             "{} holds no coordinator; run `warren-coordinator serve --data-dir {}` once first",
-            args.data_dir.display(),
-            args.data_dir.display()
+            data_dir.display(),
+            data_dir.display()
         );
     }
-    let dir = DataDir::open_or_init(&args.data_dir)?;
+    let dir = DataDir::open_or_init(&data_dir)?;
     let identity = dir.identity()?;
     let store = dir.store()?;
     let addr = invite::recorded_public_addr(&store)?;
@@ -130,19 +147,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => {
+            config::ServeSettings::from_args(args, cli.log_format).and_then(|settings| {
+                warren_cli::logging::init(settings.log_format);
+                serve::run(settings)
+            })
+        }
         Command::Invite {
             command: InviteCommand::Create(args),
-        } => invite_create(args),
+        } => {
+            warren_cli::logging::init(cli.log_format.unwrap_or_default());
+            invite_create(args)
+        }
     };
     warren_cli::finish(result)
 }

@@ -2,19 +2,18 @@
 //! public address, then runs the QUIC endpoint and the HTTP API until SIGINT/SIGTERM.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 use warren_proto::ids::MeshNetwork;
-use warren_proto::noise::CipherSuite;
 use warren_proto::token::CoordinatorAddr;
 
-use crate::datadir::{self, DataDir};
+use crate::config::ServeSettings;
+use crate::datadir::DataDir;
 use crate::invite::{self, META_PUBLIC_ADDR};
 use crate::mesh::Mesh;
-use crate::relay::{self, RelayLimits};
+use crate::relay::RelayLimits;
 use crate::store::Store;
 
 /// Meta key of the mesh network, fixed once nodes exist.
@@ -22,53 +21,20 @@ const META_NETWORK: &str = "network";
 /// Meta key recording when the first-start join command was printed (Unix seconds).
 const META_BOOTSTRAPPED: &str = "bootstrapped_at";
 
-/// Arguments of `serve`.
-#[derive(clap::Args)]
-pub struct ServeArgs {
-    /// Data directory (certificate, admin token, SQLite store).
-    #[arg(long, env = "WARREN_COORDINATOR_DATA_DIR", default_value = datadir::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// UDP address for nodes (QUIC).
-    #[arg(long, default_value = "0.0.0.0:7443", value_parser = crate::parse_socket)]
-    listen: SocketAddr,
-    /// TCP address of the HTTP API (loopback by default: put TLS in front to expose it).
-    #[arg(long, default_value = "127.0.0.1:7480", value_parser = crate::parse_socket)]
-    http: SocketAddr,
-    /// HOST:PORT that invite tokens carry (default: the listen address, or this host's first
-    /// non-loopback IPv4 address with the listen port).
-    #[arg(long, value_parser = crate::parse_public_addr)]
-    public_addr: Option<CoordinatorAddr>,
-    /// The mesh network nodes get addresses from (default 100.80.0.0/16; fixed once nodes exist).
-    #[arg(long, value_parser = crate::parse_network)]
-    network: Option<MeshNetwork>,
-    /// Relay byte rate each node may use, in Mbit/s (bursts of 100 ms worth pass).
-    #[arg(long, default_value_t = relay::DEFAULT_RELAY_MBIT,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    relay_rate_mbit: u32,
-    /// Relay packet rate each node may use, in packets/s.
-    #[arg(long, default_value_t = relay::DEFAULT_RELAY_PPS,
-          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    relay_rate_pps: u32,
-    /// Cipher of the mesh's sessions: chacha20-poly1305 or aes-256-gcm (faster on CPUs with AES
-    /// instructions). Sent to every node at login; sessions switch at their next rekey.
-    #[arg(long, default_value = "chacha20-poly1305")]
-    cipher: CipherSuite,
-}
-
 /// Runs the coordinator.
-pub fn run(args: ServeArgs) -> Result<()> {
-    let dir = DataDir::open_or_init(&args.data_dir)?;
+pub fn run(settings: ServeSettings) -> Result<()> {
+    let dir = DataDir::open_or_init(&settings.data_dir)?;
     let identity = dir.identity()?;
     let admin_token = dir.admin_token()?;
     let store: Arc<dyn Store> = Arc::new(dir.store()?);
-    let network = settle_network(store.as_ref(), args.network)?;
+    let network = settle_network(store.as_ref(), settings.network)?;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (endpoint, tunnels) = crate::quic::endpoint_with_tunnels(&identity, args.listen)?;
-        let http = tokio::net::TcpListener::bind(args.http)
+        let (endpoint, tunnels) = crate::quic::endpoint_with_tunnels(&identity, settings.listen)?;
+        let http = tokio::net::TcpListener::bind(settings.http)
             .await
-            .with_context(|| format!("binding HTTP {}", args.http))?;
+            .with_context(|| format!("binding HTTP {}", settings.http))?;
         // The bound addresses, so that port 0 ("any free port") is reported as the real port.
         let listen = endpoint.local_addr().context("reading the QUIC address")?;
         // The TCP carrier for nodes without UDP: same address and port number (README, "TCP").
@@ -77,7 +43,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("binding TCP {listen} (the carrier for nodes without UDP)"))?;
         let tcp_tls = Arc::new(crate::quic::tls_config(&identity, crate::tcp::ALPN_TCP)?);
         let http_addr = http.local_addr().context("reading the HTTP address")?;
-        let public_addr = match args.public_addr {
+        let public_addr = match settings.public_addr {
             Some(a) => a,
             None => guess_public_addr(listen)?,
         };
@@ -90,12 +56,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 identity.fingerprint,
                 admin_token,
             )
-            .with_relay_limits(RelayLimits::new(args.relay_rate_mbit, args.relay_rate_pps))
-            .with_cipher(args.cipher),
+            .with_relay_limits(RelayLimits::new(
+                settings.relay_rate_mbit,
+                settings.relay_rate_pps,
+            ))
+            .with_cipher(settings.cipher),
         );
         info!(quic = %listen, http = %http_addr, public = %public_addr, %network,
-              relay_mbit = args.relay_rate_mbit, relay_pps = args.relay_rate_pps,
-              cipher = %args.cipher,
+              relay_mbit = settings.relay_rate_mbit, relay_pps = settings.relay_rate_pps,
+              cipher = %settings.cipher,
               "coordinator listening");
         // Printed once per data directory, after the first start that got this far (a first start
         // that failed to bind does not use it up).
@@ -121,8 +90,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let accept_tcp = tokio::spawn(crate::tcp::accept_loop(tcp, tcp_tls, tunnels));
         let api =
             axum::serve(http, crate::http::app(mesh)).with_graceful_shutdown(shutdown_signal());
+        // Every socket is bound and the store is open: a `Type=notify` unit counts as started.
+        warren_cli::systemd::notify("READY=1");
         api.await.context("HTTP server failed")?;
         info!("shutting down");
+        warren_cli::systemd::notify("STOPPING=1");
         endpoint.close(0u32.into(), b"coordinator shutting down");
         accept.abort();
         accept_tcp.abort();
