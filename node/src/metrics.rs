@@ -379,6 +379,7 @@ mod tests {
             tx_bytes: 2000 * id,
             last_handshake: Some(Duration::from_secs(7)),
             handshakes: id,
+            cipher: Some(CipherSuite::ChaChaPoly),
         }
     }
 

@@ -157,6 +157,9 @@ pub struct PeerLine {
     /// Handshakes completed with the peer since the daemon started (0 from an older daemon).
     #[serde(default)]
     pub handshakes: u64,
+    /// Cipher of the session packets to the peer are sealed with (`null` without a session).
+    #[serde(default, with = "cipher_name")]
+    pub cipher: Option<CipherSuite>,
     /// Whether the coordinator lists the peer as connected.
     pub online: bool,
 }
@@ -206,6 +209,7 @@ pub fn peer_lines<'a>(
                 tx_bytes: st.map_or(0, |s| s.tx_bytes),
                 last_handshake_s: st.and_then(|s| s.last_handshake).map(|d| d.as_secs()),
                 handshakes: st.map_or(0, |s| s.handshakes),
+                cipher: st.and_then(|s| s.cipher),
                 online: r.online,
             }
         })
@@ -396,9 +400,3 @@ pub fn render(r: &StatusReport) -> String {
 #[cfg(test)]
 #[path = "status_tests.rs"]
 mod tests;
-
-/// The metrics server's tests, built here until `main.rs` declares `mod metrics` (the daemon's
-/// `--metrics` flag is wired there).
-#[cfg(test)]
-#[path = "metrics.rs"]
-mod metrics_build;

@@ -33,6 +33,7 @@ fn engine_statuses() -> Vec<PeerStatus> {
             last_handshake: Some(Duration::from_secs(5)),
             relay_reason: None,
             handshakes: 3,
+            cipher: Some(CipherSuite::AesGcm),
         },
         PeerStatus {
             node_id: NodeId(4),
@@ -46,6 +47,7 @@ fn engine_statuses() -> Vec<PeerStatus> {
             last_handshake: Some(Duration::from_secs(1)),
             relay_reason: Some(RelayReason::PunchTimedOut),
             handshakes: 1,
+            cipher: None,
         },
     ]
 }
@@ -112,7 +114,9 @@ fn json_has_the_documented_shape() {
     assert_eq!(p["node_id"], 2);
     assert_eq!(p["handshakes"], 3);
     assert_eq!(q["handshakes"], 0);
-    assert_eq!(keys.len(), 12, "{keys:?}");
+    assert_eq!(p["cipher"], "aes-256-gcm");
+    assert!(q["cipher"].is_null());
+    assert_eq!(keys.len(), 13, "{keys:?}");
     assert_eq!(me["cipher"], "chacha20-poly1305");
     assert_eq!(v["dropped"]["decrypt_failed"], 2);
     let table = render(&report());

@@ -162,6 +162,8 @@ pub struct PeerStatus {
     pub last_handshake: Option<Duration>,
     /// Handshakes completed with this peer (as initiator or responder) since it was added.
     pub handshakes: u64,
+    /// Cipher of the session packets to this peer are sealed with (`None` without one).
+    pub cipher: Option<CipherSuite>,
 }
 
 /// The node's data-plane state machine.

@@ -369,6 +369,7 @@ impl Peer {
                 .last_handshake
                 .map(|t| now.saturating_duration_since(t)),
             handshakes: self.handshakes,
+            cipher: self.current.as_ref().map(|s| s.suite),
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct InitiatorHandshake {
     state: HandshakeState,
     /// Our index for the session this handshake will create.
     local_index: SessionIndex,
+    /// The cipher we proposed (and the session will use).
+    suite: CipherSuite,
 }
 
 impl std::fmt::Debug for InitiatorHandshake {
@@ -46,7 +48,14 @@ impl InitiatorHandshake {
             .map_err(NoiseError::Handshake)?;
         debug_assert_eq!(n, INIT_NOISE_LEN);
         let datagram = packet::encode_handshake_init(suite, local_index, &msg[..n]);
-        Ok((Self { state, local_index }, datagram))
+        Ok((
+            Self {
+                state,
+                local_index,
+                suite,
+            },
+            datagram,
+        ))
     }
 
     /// Our index of the pending session.
@@ -68,6 +77,7 @@ impl InitiatorHandshake {
             self.local_index,
             resp.sender_index,
             true,
+            self.suite,
             transport,
             now,
         ))
@@ -84,6 +94,8 @@ pub struct ResponderHandshake {
     timestamp: Timestamp,
     /// The initiator's session index.
     remote_index: SessionIndex,
+    /// The initiator's cipher (the responder always answers in it).
+    suite: CipherSuite,
 }
 
 impl std::fmt::Debug for ResponderHandshake {
@@ -122,6 +134,7 @@ impl ResponderHandshake {
             remote_static: PublicKey(remote),
             timestamp: Timestamp(timestamp),
             remote_index: init.sender_index,
+            suite: init.suite,
         })
     }
 
@@ -151,7 +164,14 @@ impl ResponderHandshake {
             .into_stateless_transport_mode()
             .map_err(NoiseError::Handshake)?;
         let datagram = packet::encode_handshake_resp(local_index, self.remote_index, &msg[..n]);
-        let session = Session::new(local_index, self.remote_index, false, transport, now);
+        let session = Session::new(
+            local_index,
+            self.remote_index,
+            false,
+            self.suite,
+            transport,
+            now,
+        );
         Ok((session, datagram))
     }
 }

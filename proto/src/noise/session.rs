@@ -6,7 +6,8 @@ use std::time::Instant;
 use snow::StatelessTransportState;
 
 use super::{
-    NoiseError, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    CipherSuite, NoiseError, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
 };
 use crate::ids::SessionIndex;
 use crate::packet::{self, AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
@@ -22,6 +23,8 @@ pub struct Session {
     pub created_at: Instant,
     /// Whether we initiated (the initiator is the one who rekeys on time).
     pub is_initiator: bool,
+    /// The AEAD the session runs on.
+    pub suite: CipherSuite,
     /// Next counter to send.
     send_counter: u64,
     /// The split keys.
@@ -36,6 +39,7 @@ impl std::fmt::Debug for Session {
             .field("local_index", &self.local_index)
             .field("remote_index", &self.remote_index)
             .field("is_initiator", &self.is_initiator)
+            .field("suite", &self.suite)
             .field("send_counter", &self.send_counter)
             .finish_non_exhaustive()
     }
@@ -46,6 +50,7 @@ impl Session {
         local_index: SessionIndex,
         remote_index: SessionIndex,
         is_initiator: bool,
+        suite: CipherSuite,
         transport: StatelessTransportState,
         now: Instant,
     ) -> Self {
@@ -54,6 +59,7 @@ impl Session {
             remote_index,
             created_at: now,
             is_initiator,
+            suite,
             send_counter: 0,
             transport,
             replay: ReplayWindow::new(),

@@ -8,13 +8,21 @@
 //! way and four streams, UDP at <= 1 % loss, ping RTT, CPU seconds per GB, RSS idle and under
 //! load. The lab (namespaces, processes) is removed at the end, pass or fail.
 //!
+//! After both systems, Warren's direct pair is measured again with the mesh on AES-256-GCM: the
+//! coordinator is restarted with `--cipher aes-256-gcm` and both nodes with `warren up`, so that
+//! their sessions start on the new cipher (checked in `warren status`).
+//!
 //! `bench --perf` also samples both systems' daemons with `perf record` during the one-stream
-//! transfers (which skews those lines a little) and prints the top symbols.
+//! transfers (which skews those lines a little) and prints the top symbols. `bench --quick`
+//! measures Warren's direct pair only (both ciphers; no Nebula, no relayed pair), for quick
+//! before/after comparisons while working on the data path.
 
+mod drops;
 mod measure;
 mod nebula;
 mod perf;
 mod report;
+mod rows;
 mod run;
 
 use std::net::SocketAddr;
@@ -53,7 +61,8 @@ fn main() {
         }
     };
     let with_perf = std::env::args().any(|a| a == "--perf");
-    let result = run::run(&mut lab, with_perf);
+    let quick = std::env::args().any(|a| a == "--quick");
+    let result = run::run(&mut lab, with_perf, quick);
     match &result {
         Ok(table) => {
             println!("{table}");
@@ -71,14 +80,16 @@ fn main() {
     }
 }
 
-/// Starts Warren's coordinator with the relay limits raised to the CLI maximum.
-pub fn start_coordinator(lab: &mut Lab) -> Result<Coordinator> {
+/// Starts Warren's coordinator with the relay limits raised to the CLI maximum, and the mesh
+/// cipher `cipher` (`serve --cipher`) when given. A coordinator already running on the same
+/// data dir must have been stopped.
+pub fn start_coordinator(lab: &mut Lab, cipher: Option<&str>) -> Result<Coordinator> {
     let bins = lab.bins()?;
     let host = lab.coordinator_host.clone();
     let data_dir = lab.dir().join("coordinator-data");
     let quic = SocketAddr::from((host.ip, QUIC_PORT));
     let http = SocketAddr::from((host.ip, HTTP_PORT));
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "serve",
         "--data-dir",
         &data_dir.display().to_string(),
@@ -96,7 +107,11 @@ pub fn start_coordinator(lab: &mut Lab) -> Result<Coordinator> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let proc = lab.spawn("coordinator", &host.ns, &bins.coordinator, &args)?;
+    if let Some(c) = cipher {
+        args.extend(["--cipher".to_string(), c.to_string()]);
+    }
+    let label = format!("coordinator-{}", cipher.unwrap_or("default"));
+    let proc = lab.spawn(&label, &host.ns, &bins.coordinator, &args)?;
     let c = Coordinator {
         host,
         data_dir,

@@ -25,9 +25,11 @@ const UDP_START_MBIT: f64 = 500.0;
 /// Number of UDP steps in the search.
 pub const UDP_STEPS: usize = 6;
 /// Pings per RTT measurement and their interval (`ping -i 0.02` needs root, which we are).
-const PING_COUNT: u32 = 50;
+pub const PING_COUNT: u32 = 50;
 /// Interval between pings, seconds.
-const PING_INTERVAL: &str = "0.02";
+pub const PING_INTERVAL: &str = "0.02";
+/// Time the TCP stream runs before the pings under load start (past slow start).
+const LOAD_WARMUP: Duration = Duration::from_secs(1);
 /// Extra time an iperf3 client gets beyond its test length.
 const IPERF_SLACK: Duration = Duration::from_secs(20);
 /// How often RSS is sampled during a transfer.
@@ -228,6 +230,25 @@ pub fn ping_rtts(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<Vec<f64>> {
     }
     rtts.sort_by(f64::total_cmp);
     Ok(rtts)
+}
+
+/// RTT samples (sorted, ms) of [`ping_rtts`] taken while one TCP stream from `from` to
+/// `to` runs (iperf3 server on `to`:`port`); the stream gets [`LOAD_WARMUP`] first and outlasts
+/// the pings.
+pub fn ping_under_load(lab: &Lab, from: &Host, to: Ipv4Addr, port: u16) -> Result<Vec<f64>> {
+    std::thread::scope(|s| {
+        let stream = s.spawn(|| tcp(lab, from, to, port, false, 1));
+        std::thread::sleep(LOAD_WARMUP);
+        let pings = ping_rtts(lab, from, to);
+        let transfer = stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("the load stream's thread panicked"))?;
+        let transfer = transfer.context("the TCP stream under the pings")?;
+        if transfer.bps <= 0.0 {
+            bail!("the TCP stream under the pings moved nothing");
+        }
+        pings
+    })
 }
 
 /// The median of sorted samples.

@@ -27,22 +27,20 @@ const PATH_SETTLE: Duration = Duration::from_secs(20);
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
 /// Bytes in a gigabyte (10^9, as in Gbit/s).
 const GB: f64 = 1e9;
-/// Bytes in a megabyte (2^20, as `VmRSS` counts kB of 1024).
-const MB: f64 = 1024.0 * 1024.0;
 
 /// Two sites of one kind and the hosts on them.
 #[derive(Clone, Debug)]
-struct Pair {
+pub struct Pair {
     /// `direct` or `relayed`.
-    path: &'static str,
+    pub path: &'static str,
     /// Warren's expected `path` in `warren status`.
-    expect: &'static str,
+    pub expect: &'static str,
     /// The client's host (site A).
-    a: Host,
+    pub a: Host,
     /// The server's host (site B).
-    b: Host,
+    pub b: Host,
     /// Router namespace of site B (for the raw RTT).
-    router_b: String,
+    pub router_b: String,
 }
 
 /// One system's view of one pair: overlay addresses and processes.
@@ -60,53 +58,63 @@ struct Target {
 
 /// What one system did on one pair.
 #[derive(Clone, Debug, Default)]
-struct Metrics {
+pub struct Metrics {
     /// One TCP stream A -> B, bit/s.
-    tcp_ab: f64,
+    pub tcp_ab: f64,
     /// TCP retransmissions of the one-stream A -> B transfer.
-    retransmits: f64,
+    pub retransmits: f64,
     /// One TCP stream B -> A, bit/s.
-    tcp_ba: f64,
+    pub tcp_ba: f64,
     /// Four TCP streams A -> B, bit/s.
-    tcp4: f64,
+    pub tcp4: f64,
     /// Highest UDP rate with <= 1 % loss A -> B, bit/s.
-    udp: f64,
+    pub udp: f64,
     /// The UDP search's steps, (offered Mbit/s, loss %), shown when none was clean.
-    udp_steps: Vec<(f64, f64)>,
+    pub udp_steps: Vec<(f64, f64)>,
     /// Median ping RTT through the tunnel, ms.
-    rtt_ms: f64,
+    pub rtt_ms: f64,
+    /// Median ping RTT through the tunnel while one TCP stream A -> B runs, ms.
+    pub load_rtt_ms: f64,
+    /// Highest of those pings, ms.
+    pub load_rtt_max_ms: f64,
     /// CPU seconds of both daemons per GB moved (one stream A -> B).
-    cpu_per_gb: f64,
+    pub cpu_per_gb: f64,
     /// CPU seconds of the relay process per GB moved (same transfer).
-    relay_cpu_per_gb: f64,
+    pub relay_cpu_per_gb: f64,
     /// Share of the moved bytes that went through the coordinator namespace's `eth0`.
-    via_coordinator: f64,
+    pub via_coordinator: f64,
     /// RSS of the A and B daemons at idle, bytes.
-    rss_idle: [u64; 2],
+    pub rss_idle: [u64; 2],
     /// Peak RSS of the A and B daemons during the four-stream transfer, bytes.
-    rss_load: [u64; 2],
+    pub rss_load: [u64; 2],
     /// Top of `perf report` over the one-stream transfer (with `--perf`).
-    perf: Option<String>,
+    pub perf: Option<String>,
 }
 
-/// Builds the lab, measures, and returns the table.
-pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
+/// Builds the lab, measures, and returns the table. `quick`: Warren's direct pair only.
+pub fn run(lab: &mut Lab, with_perf: bool, quick: bool) -> Result<Table> {
     for tool in ["iperf3", "nft"] {
         if which(tool).is_none() {
             bail!("the bench needs {tool} on PATH (scripts/bench.sh installs iperf3)");
         }
     }
     let mut table = Table::default();
-    let coord = crate::start_coordinator(lab)?;
-    let neb = Nebula::new(lab.dir())?;
-    let lighthouse = neb.start_lighthouse(lab)?;
+    let mut coord = crate::start_coordinator(lab, None)?;
+    let neb = if quick {
+        None
+    } else {
+        let neb = Nebula::new(lab.dir())?;
+        let lighthouse = neb.start_lighthouse(lab)?;
+        Some((neb, lighthouse))
+    };
     let mut pairs = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
     let mut neb_nodes = Vec::new();
-    for (path, expect, kind) in [
+    let kinds = [
         ("direct", "direct", SiteKind::Eim),
         ("relayed", "relay", SiteKind::Sym),
-    ] {
+    ];
+    for (path, expect, kind) in kinds.into_iter().take(if quick { 1 } else { 2 }) {
         let sa = lab.add_site(kind)?;
         let sb = lab.add_site(kind)?;
         let (a, b) = (sa.hosts[0].clone(), sb.hosts[0].clone());
@@ -114,7 +122,9 @@ pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
             let token = lab.invite(&coord, &[])?;
             let name = format!("{kind}{}", site.index);
             nodes.push(lab.join(host, &token, &name, None)?);
-            neb_nodes.push(neb.start_node(lab, &name, host, 10 + site.index as u8)?);
+            if let Some((neb, _)) = &neb {
+                neb_nodes.push(neb.start_node(lab, &name, host, 10 + site.index as u8)?);
+            }
         }
         let router_b = sb.router.clone().context("a sym/eim site has a router")?;
         // Let site B's router answer pings on its WAN address: that is the raw path.
@@ -147,26 +157,38 @@ pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
         warren_ips.push(lab.wait_node_ready(n)?);
     }
     let coord_pid = lab.proc(coord.proc).pid();
-    let lighthouse_pid = lab.proc(lighthouse.proc).pid();
+    let lighthouse_pid = neb.as_ref().map(|(_, l)| lab.proc(l.proc).pid());
     table.note(format!(
         "lab: eim+eim sites (direct) and sym+sym sites (relayed); Warren's coordinator runs with \
          --relay-rate-mbit {} (raw relay capacity, default limit is 200); Nebula 1.6.1 lighthouse \
          is its relay (am_relay), punchy on, both TUN MTUs 1280",
         crate::RELAY_RATE_MBIT
     ));
+    table.note(
+        "ciphers: Warren `direct`/`relayed` rows run ChaCha20-Poly1305 (the default), `dir/aes` \
+         rows the same direct pair after restarting the coordinator with --cipher aes-256-gcm and \
+         both nodes with `warren up` (sessions checked in warren status); Nebula runs its default \
+         AES-256-GCM everywhere",
+    );
     table.note(format!(
         "TCP: iperf3 -t {} (receiver's bytes); UDP: iperf3 -u -l 1200, {}-step rate search, best \
          received rate with <= {}% loss (start 500 Mbit/s); CPU: utime+stime of both node daemons over the one-stream \
-         A->B transfer, per GB received",
+         A->B transfer, per GB received; ping under load: {} pings -i {} s while one TCP stream \
+         A->B runs",
         measure::TCP_SECONDS,
         measure::UDP_STEPS,
-        measure::UDP_MAX_LOSS
+        measure::UDP_MAX_LOSS,
+        measure::PING_COUNT,
+        measure::PING_INTERVAL,
     ));
     table.note(format!("load average before measuring: {}", loadavg()));
+    let mut raws = Vec::new();
+    let mut nebula_direct = None;
     for (i, pair) in pairs.iter().enumerate() {
         let raw = measure::ping_rtts(lab, &pair.a, wan_of(lab, pair)?)
             .map(|r| measure::median(&r))
             .ok();
+        raws.push(raw);
         table.note(format!(
             "{}: raw RTT {} ms median = ping from A's namespace to site B's router WAN address \
              (A -> A's NAT -> lab internet -> B's router; one veth hop short of B's node)",
@@ -181,13 +203,6 @@ pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
             relay_pid: coord_pid,
             perf_data: with_perf.then(|| lab.dir().join(format!("perf-warren-{}.data", pair.path))),
         };
-        let (wa, wb) = (&neb_nodes[2 * i], &neb_nodes[2 * i + 1]);
-        let nebula = Target {
-            b_ip: wb.ip,
-            pids: [lab.proc(wa.proc).pid(), lab.proc(wb.proc).pid()],
-            relay_pid: lighthouse_pid,
-            perf_data: with_perf.then(|| lab.dir().join(format!("perf-nebula-{}.data", pair.path))),
-        };
         // Warren sets a tunnel up on demand: traffic first, then the path settles.
         let w = match first_ping(lab, pair, warren.b_ip)
             .and_then(|_| wait_warren_path(lab, na, nb, pair))
@@ -198,9 +213,68 @@ pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
             }
             Err(e) => Err(e),
         };
-        let n = measure_target(lab, pair, &nebula, &coord.host);
-        add_rows(&mut table, pair, w, n, raw);
+        table.note(format!(
+            "{} warren: drops {}",
+            pair.path,
+            crate::drops::report(lab, &pair.a, &pair.b, [na, nb])
+        ));
+        let n = match (&neb_nodes.get(2 * i..2 * i + 2), lighthouse_pid) {
+            (Some([wa, wb]), Some(relay_pid)) => {
+                let nebula = Target {
+                    b_ip: wb.ip,
+                    pids: [lab.proc(wa.proc).pid(), lab.proc(wb.proc).pid()],
+                    relay_pid,
+                    perf_data: with_perf
+                        .then(|| lab.dir().join(format!("perf-nebula-{}.data", pair.path))),
+                };
+                measure_target(lab, pair, &nebula, &coord.host)
+            }
+            _ => Err(anyhow::anyhow!("not measured (--quick)")),
+        };
+        if i == 0 {
+            nebula_direct = n.as_ref().ok().cloned();
+        }
+        crate::rows::add(&mut table, pair, w, n, raw);
     }
+    // The direct pair again with the mesh on AES-256-GCM.
+    let pair = &pairs[0];
+    let aes = (|| -> Result<Metrics> {
+        lab.proc_mut(coord.proc).stop();
+        coord = crate::start_coordinator(lab, Some("aes-256-gcm"))?;
+        for n in nodes.iter_mut().take(2) {
+            *n = lab.restart_node_with_up(n, &format!("node-{}-aes", n.name))?;
+        }
+        let (na, nb) = (&nodes[0], &nodes[1]);
+        for n in [na, nb] {
+            wait_self_cipher(lab, n, "aes-256-gcm")?;
+        }
+        first_ping(lab, pair, warren_ips[1])?;
+        wait_warren_path(lab, na, nb, pair)?;
+        let seen = peer_cipher(lab, na, &nb.name)?;
+        if seen != "aes-256-gcm" {
+            bail!(
+                "after the restart {} seals to {} with {seen}",
+                na.name,
+                nb.name
+            );
+        }
+        table.note(format!(
+            "dir/aes: warren status shows path direct, cipher {seen} (self and session)"
+        ));
+        let warren = Target {
+            b_ip: warren_ips[1],
+            pids: [lab.proc(na.proc).pid(), lab.proc(nb.proc).pid()],
+            relay_pid: lab.proc(coord.proc).pid(),
+            perf_data: with_perf.then(|| lab.dir().join("perf-warren-aes.data")),
+        };
+        let m = measure_target(lab, pair, &warren, &coord.host);
+        table.note(format!(
+            "dir/aes warren: drops {}",
+            crate::drops::report(lab, &pair.a, &pair.b, [na, nb])
+        ));
+        m
+    })();
+    crate::rows::add_aes(&mut table, aes, nebula_direct, raws[0]);
     table.note(format!(
         "load average after measuring: {} (everything, iperf3 included, shares this machine's {} \
          CPUs; other work on the machine skews the numbers)",
@@ -208,6 +282,29 @@ pub fn run(lab: &mut Lab, with_perf: bool) -> Result<Table> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
     Ok(table)
+}
+
+/// Waits until `node`'s status shows `cipher` as its own (the coordinator's Welcome arrived).
+fn wait_self_cipher(lab: &mut Lab, node: &Node, cipher: &str) -> Result<()> {
+    wait_for(
+        &format!("warren {} to report cipher {cipher}", node.name),
+        PATH_SETTLE,
+        Duration::from_millis(100),
+        || {
+            let v = lab.status(node)?;
+            Ok((v["self"]["cipher"].as_str() == Some(cipher)).then_some(()))
+        },
+    )
+}
+
+/// The cipher `node` seals packets to `peer` with, as its status reports it.
+fn peer_cipher(lab: &mut Lab, node: &Node, peer: &str) -> Result<String> {
+    let v = lab.status(node)?;
+    let p = v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"].as_str() == Some(peer)))
+        .with_context(|| format!("{} does not list {peer}", node.name))?;
+    Ok(p["cipher"].as_str().unwrap_or("none").to_string())
 }
 
 /// The first three fields of `/proc/loadavg`.
@@ -329,154 +426,11 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         m.rss_load = [usage4.peak_rss[0], usage4.peak_rss[1]];
         (m.udp, m.udp_steps) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
         m.rtt_ms = measure::median(&measure::ping_rtts(lab, &pair.a, t.b_ip)?);
+        let loaded = measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT)?;
+        m.load_rtt_ms = measure::median(&loaded);
+        m.load_rtt_max_ms = loaded.last().copied().unwrap_or(f64::NAN);
         Ok(m)
     })();
     lab.proc_mut(server).stop();
     result
-}
-
-/// Appends one pair's rows (or n/a with the reason) to the table.
-fn add_rows(
-    table: &mut Table,
-    pair: &Pair,
-    w: Result<Metrics>,
-    n: Result<Metrics>,
-    raw_rtt: Option<f64>,
-) {
-    for (name, r) in [("warren", &w), ("nebula", &n)] {
-        match r {
-            Err(e) => table.note(format!("{} {name}: n/a: {e:#}", pair.path)),
-            Ok(m) if m.udp == 0.0 => table.note(format!(
-                "{} {name}: UDP lost more than {}% at every offered rate: {}",
-                pair.path,
-                measure::UDP_MAX_LOSS,
-                m.udp_steps
-                    .iter()
-                    .map(|(rate, loss)| format!("{rate:.1} Mbit/s {loss:.1}% lost"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Ok(_) => {}
-        }
-        if let Ok(Metrics {
-            perf: Some(top), ..
-        }) = r
-        {
-            table.perf.push((
-                format!("{name} {} (one stream A->B; nodes and relay)", pair.path),
-                top.clone(),
-            ));
-        }
-    }
-    let (w, n) = (w.ok(), n.ok());
-    let p = pair.path;
-    let g = |m: &Option<Metrics>, f: fn(&Metrics) -> f64| m.as_ref().map(f);
-    table.row(
-        p,
-        "TCP 1 stream A->B (Gbit/s)",
-        g(&w, |m| m.tcp_ab / 1e9),
-        g(&n, |m| m.tcp_ab / 1e9),
-        3,
-        true,
-    );
-    table.row(
-        p,
-        "  its TCP retransmits (count)",
-        g(&w, |m| m.retransmits),
-        g(&n, |m| m.retransmits),
-        0,
-        false,
-    );
-    table.row(
-        p,
-        "TCP 1 stream B->A (Gbit/s)",
-        g(&w, |m| m.tcp_ba / 1e9),
-        g(&n, |m| m.tcp_ba / 1e9),
-        3,
-        true,
-    );
-    table.row(
-        p,
-        "TCP 4 streams A->B (Gbit/s)",
-        g(&w, |m| m.tcp4 / 1e9),
-        g(&n, |m| m.tcp4 / 1e9),
-        3,
-        true,
-    );
-    table.row(
-        p,
-        "UDP <=1% loss A->B (Gbit/s)",
-        g(&w, |m| m.udp / 1e9),
-        g(&n, |m| m.udp / 1e9),
-        3,
-        true,
-    );
-    table.row(
-        p,
-        "ping RTT median (ms)",
-        g(&w, |m| m.rtt_ms),
-        g(&n, |m| m.rtt_ms),
-        3,
-        false,
-    );
-    let added = |m: &Option<Metrics>| Some(m.as_ref()?.rtt_ms - raw_rtt?);
-    table.row(p, "added RTT vs raw (ms)", added(&w), added(&n), 3, false);
-    table.row(
-        p,
-        "CPU s/GB, both nodes",
-        g(&w, |m| m.cpu_per_gb),
-        g(&n, |m| m.cpu_per_gb),
-        2,
-        false,
-    );
-    if p == "relayed" {
-        table.row(
-            p,
-            "CPU s/GB, relay process",
-            g(&w, |m| m.relay_cpu_per_gb),
-            g(&n, |m| m.relay_cpu_per_gb),
-            2,
-            false,
-        );
-    }
-    table.row(
-        p,
-        "bytes via coordinator ns (%)",
-        g(&w, |m| 100.0 * m.via_coordinator),
-        g(&n, |m| 100.0 * m.via_coordinator),
-        1,
-        false,
-    );
-    table.row(
-        p,
-        "RSS idle A (MB)",
-        g(&w, |m| m.rss_idle[0] as f64 / MB),
-        g(&n, |m| m.rss_idle[0] as f64 / MB),
-        1,
-        false,
-    );
-    table.row(
-        p,
-        "RSS idle B (MB)",
-        g(&w, |m| m.rss_idle[1] as f64 / MB),
-        g(&n, |m| m.rss_idle[1] as f64 / MB),
-        1,
-        false,
-    );
-    table.row(
-        p,
-        "RSS load A, 4 streams (MB)",
-        g(&w, |m| m.rss_load[0] as f64 / MB),
-        g(&n, |m| m.rss_load[0] as f64 / MB),
-        1,
-        false,
-    );
-    table.row(
-        p,
-        "RSS load B, 4 streams (MB)",
-        g(&w, |m| m.rss_load[1] as f64 / MB),
-        g(&n, |m| m.rss_load[1] as f64 / MB),
-        1,
-        false,
-    );
 }
