@@ -2,19 +2,24 @@
 //!
 //! ```text
 //! warren join TOKEN [--state-dir DIR] [--name NAME] [--tun IFNAME] [--port UDP_PORT]
-//! warren up [--state-dir DIR]
-//! warren status [--state-dir DIR] [--json]
+//!                   [--config FILE] [--metrics ADDR]
+//! warren up [--state-dir DIR] [--config FILE] [--metrics ADDR]
+//! warren status [--state-dir DIR] [--config FILE] [--json]
 //! ```
+//!
+//! `--log-format text|json` goes with any command.
 //!
 //! This file is the CLI: argument parsing and the one-line `error: ...` + exit status 1 that every
 //! failure ends in (never a panic). The commands themselves are in `run`.
 
 mod book;
 mod candidates;
+mod config;
 mod control;
 mod daemon;
 mod dataio;
 mod error;
+mod metrics;
 mod notify;
 mod run;
 mod socket;
@@ -32,14 +37,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use warren_cli::logging::LogFormat;
 
-/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
-const IFNAME_MAX: usize = 15;
+use crate::config::{DaemonArgs, JoinArgs};
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about = "Warren mesh VPN node")]
 pub struct Cli {
+    /// Log format on stderr: text or json (also env WARREN_LOG_FORMAT, config key log_format)
+    /// [default: text].
+    #[arg(long, global = true, env = warren_cli::logging::LOG_FORMAT_ENV, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -53,47 +62,31 @@ pub enum Command {
         /// Invite token from `warren-coordinator invite create`.
         #[arg(value_name = "TOKEN")]
         token: String,
-        /// State directory (key, assigned address, coordinator).
-        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
-        state_dir: PathBuf,
-        /// Node name in the mesh [default: the host name].
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-        /// Name of the TUN interface.
-        #[arg(long, default_value = "warren0", value_parser = parse_ifname, value_name = "IFNAME")]
-        tun: String,
-        /// UDP port of the data socket (0: the OS picks one; it is saved for `up`).
-        #[arg(long, default_value_t = 0, value_name = "UDP_PORT")]
-        port: u16,
+        /// Flags shared with `up`.
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Join-time flags (saved in the state directory for `up`).
+        #[command(flatten)]
+        join: JoinArgs,
     },
     /// Run the node from its saved state.
     Up {
-        /// State directory.
-        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
-        state_dir: PathBuf,
+        /// Flags shared with `join`.
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
     /// Show this node and its peers (asks the running daemon).
     Status {
-        /// State directory.
-        #[arg(long, env = "WARREN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
-        state_dir: PathBuf,
+        /// State directory [default: /var/lib/warren].
+        #[arg(long, env = "WARREN_STATE_DIR", value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Config file of the daemon (only its state_dir is used here).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Validates a TUN interface name.
-fn parse_ifname(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > IFNAME_MAX {
-        return Err(format!("must be 1 to {IFNAME_MAX} bytes long"));
-    }
-    if s.chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err("must not contain '/', ':' or whitespace".into());
-    }
-    Ok(s.to_string())
 }
 
 /// Parses arguments; `Err` carries what to print and the exit status (see `warren_cli`).
@@ -141,16 +134,14 @@ mod tests {
         match cli.command {
             Command::Join {
                 token,
-                state_dir,
-                name,
-                tun,
-                port,
+                daemon,
+                join,
             } => {
                 assert_eq!(token, "warren1-abc");
-                assert_eq!(state_dir, PathBuf::from("/tmp/x"));
-                assert_eq!(name.as_deref(), Some("n1"));
-                assert_eq!(tun, "wg9");
-                assert_eq!(port, 5000);
+                assert_eq!(daemon.state_dir, Some(PathBuf::from("/tmp/x")));
+                assert_eq!(join.name.as_deref(), Some("n1"));
+                assert_eq!(join.tun.as_deref(), Some("wg9"));
+                assert_eq!(join.port, Some(5000));
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -7,17 +7,19 @@
 //! coordinator's Welcome.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
+use warren_cli::logging::LogFormat;
 use warren_proto::ids::PrivateKey;
 use warren_proto::token::InviteToken;
 
+use crate::config::{self, JoinArgs, JoinSettings, UpSettings};
 use crate::control::{self, CandidateSource, Coordinator, Credential, Session};
 use crate::daemon::{Daemon, Exit, Io};
 use crate::error::NodeError;
@@ -36,44 +38,73 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the parsed command.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let log_format = cli.log_format;
     match cli.command {
-        Command::Status { state_dir, json } => status_cmd(&state_dir, json),
+        Command::Status {
+            state_dir,
+            config,
+            json,
+        } => status_cmd(&config::state_dir(state_dir, config.as_deref())?, json),
         Command::Join {
             token,
-            state_dir,
-            name,
-            tun,
-            port,
+            daemon,
+            join: join_args,
         } => {
             let token: InviteToken = token
                 .trim()
                 .parse()
                 .map_err(|e| anyhow::anyhow!("invalid invite token: {e}"))?;
-            state::ensure_free(&state_dir)?;
-            let name = match name {
-                Some(n) if !n.trim().is_empty() => n.trim().to_string(),
-                Some(_) => anyhow::bail!("--name must not be empty"),
-                None => hostname(),
-            };
-            runtime()?.block_on(join(token, state_dir, name, tun, port))
+            let settings = JoinSettings::from_args(daemon, join_args, log_format)?;
+            state::ensure_free(&settings.daemon.state_dir)?;
+            runtime(settings.daemon.log_format)?.block_on(join(token, settings))
         }
-        Command::Up { state_dir } => runtime()?.block_on(up(state_dir)),
+        Command::Up { daemon } => {
+            let settings = UpSettings::from_args(daemon, log_format)?;
+            runtime(settings.daemon.log_format)?.block_on(up(settings))
+        }
     }
 }
 
 /// The tokio runtime; logging is set up here because only the daemon commands log.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+fn runtime(log_format: LogFormat) -> anyhow::Result<tokio::runtime::Runtime> {
+    warren_cli::logging::init(log_format);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Binds the metrics listener if one is asked for (before anything is written or contacted, so
+/// that a taken address fails the command cleanly).
+async fn bind_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .with_context(|| format!("binding the metrics listener {addr}")),
+    }
+}
+
+/// Warns when the config file's join-time keys disagree with what `join` saved (`up` runs with
+/// the saved values).
+fn warn_join_keys_differ(file: &JoinArgs, saved: &SavedState) {
+    if let Some(name) = file.name.as_deref().filter(|n| *n != saved.name) {
+        tracing::warn!(config = %name, saved = %saved.name,
+            "config key name differs from the registered name; using the registered one (rename the node through the HTTP API)");
+    }
+    if let Some(tun) = file.tun.as_deref().filter(|t| *t != saved.tun) {
+        tracing::warn!(config = %tun, saved = %saved.tun,
+            "config key tun differs from the one saved at join; using the saved one");
+    }
+    // 0 means "any port": whatever join got is consistent with it.
+    if let Some(port) = file.port.filter(|p| *p != 0 && *p != saved.port) {
+        tracing::warn!(
+            config = port,
+            saved = saved.port,
+            "config key port differs from the one saved at join; using the saved one"
+        );
+    }
 }
 
 /// The host name, or `node` if it cannot be read.
@@ -125,17 +156,19 @@ async fn shutdown_signal() {
 }
 
 /// `warren join`.
-async fn join(
-    token: InviteToken,
-    dir: PathBuf,
-    name: String,
-    tun_name: String,
-    port: u16,
-) -> anyhow::Result<()> {
+async fn join(token: InviteToken, settings: JoinSettings) -> anyhow::Result<()> {
+    let JoinSettings {
+        daemon,
+        name,
+        tun: tun_name,
+        port,
+    } = settings;
+    let name = name.unwrap_or_else(hostname);
     let dev = tun::create(&tun_name)?;
     let udp = bind_socket(port)?;
     let port = udp.local_addr().context("reading the UDP port")?.port();
-    let pending = Pending::create(&dir)?;
+    let metrics = bind_metrics(daemon.metrics_listen).await?;
+    let pending = Pending::create(&daemon.state_dir)?;
     let (endpoint, inbox) = socket::quic_endpoint(udp.clone())?;
     let pump = tokio::spawn(socket::pump_quic_only(udp.clone(), inbox.clone()));
     let coord = Coordinator {
@@ -182,19 +215,23 @@ async fn join(
         inbox,
         coord,
         Some(session),
+        metrics,
     )
     .await
 }
 
 /// `warren up`.
-async fn up(dir: PathBuf) -> anyhow::Result<()> {
+async fn up(settings: UpSettings) -> anyhow::Result<()> {
+    let dir = settings.daemon.state_dir;
     let (key, saved) = state::load(&dir)?;
     // Refuse early if a daemon already serves this directory (before touching TUN or the port).
     drop(status::bind(&dir)?);
+    warn_join_keys_differ(&settings.file_join_keys, &saved);
     let addrs = saved.coordinator_addrs()?;
     let fingerprint = saved.fingerprint_bytes()?;
     let dev = tun::create(&saved.tun)?;
     let udp = bind_socket(saved.port)?;
+    let metrics = bind_metrics(settings.daemon.metrics_listen).await?;
     let (endpoint, inbox) = socket::quic_endpoint(udp.clone())?;
     let coord = Coordinator {
         addrs,
@@ -202,7 +239,10 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
         timeout: control::CONNECT_TIMEOUT,
         inbox: inbox.clone(),
     };
-    run_daemon(&dir, key, saved, udp, dev, endpoint, inbox, coord, None).await
+    run_daemon(
+        &dir, key, saved, udp, dev, endpoint, inbox, coord, None, metrics,
+    )
+    .await
 }
 
 /// Configures TUN, starts the status server and the control client, and runs the engine loop
@@ -218,10 +258,18 @@ async fn run_daemon(
     quic: QuicInbox,
     coord: Coordinator,
     first: Option<Session>,
+    metrics: Option<TcpListener>,
 ) -> anyhow::Result<()> {
     tun::configure(&dev, saved.mesh_ip, saved.network)?;
     let (listener, sock_path) = status::bind(dir)?;
     let (status_tx, status_rx) = mpsc::channel(16);
+    // The metrics server asks the daemon for numbers the same way `warren status` does.
+    let metrics_task = metrics.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(crate::metrics::serve(listener, status_tx.clone()))
+    });
     let status_task = tokio::spawn(status::serve(listener, status_tx));
     let (events_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (outbox, outbox_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -263,6 +311,9 @@ async fn run_daemon(
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
     status_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&sock_path);
     match (exit, control_result) {
         (Exit::TunFailed(e), _) => Err(anyhow::anyhow!(
