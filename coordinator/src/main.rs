@@ -9,6 +9,7 @@ mod datadir;
 mod http;
 mod invite;
 mod mesh;
+mod metrics;
 mod quic;
 mod registry;
 mod relay;

@@ -1,5 +1,7 @@
-//! What every part of a running coordinator shares: the store, the online registry and the
-//! mesh's fixed settings. Read-mostly; the registry does its own locking.
+//! What every part of a running coordinator shares: the store, the online registry, the
+//! metrics and the mesh's fixed settings. Read-mostly; the registry does its own locking.
+//! Changes that must reach the nodes at once (removal, rename) go through here, so the store
+//! and the online view never disagree for long.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,9 +11,11 @@ use warren_proto::ids::{MeshNetwork, NodeId};
 use warren_proto::noise::CipherSuite;
 use warren_proto::token::CoordinatorAddr;
 
+use crate::invite::unix_now;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::relay::{Relay, RelayLimits};
-use crate::store::{Store, StoreError};
+use crate::store::{NodeName, NodeRow, RenameError, Store, StoreError};
 
 /// Shared coordinator state.
 pub struct Mesh {
@@ -31,6 +35,8 @@ pub struct Mesh {
     pub relay: Relay,
     /// The mesh-wide cipher nodes use for the sessions they start (sent in every Welcome).
     pub cipher: CipherSuite,
+    /// Counters for `GET /metrics`.
+    pub metrics: Metrics,
     /// Source of connection ids for [`crate::registry::OnlineNode::conn_id`].
     next_conn_id: AtomicUsize,
 }
@@ -53,6 +59,7 @@ impl Mesh {
             admin_token,
             relay: Relay::default(),
             cipher: CipherSuite::default(),
+            metrics: Metrics::default(),
             next_conn_id: AtomicUsize::new(1),
         }
     }
@@ -101,5 +108,25 @@ impl Mesh {
                 .broadcast_except(id, &CoordMessage::PeerRemoved { node_id: id });
         }
         Ok(removed)
+    }
+
+    /// Renames a node and tells every other online node at once (a `PeerUpsert` with the new
+    /// name). The node's own session keeps announcing the new name from then on.
+    pub async fn rename_node(
+        self: &Arc<Self>,
+        id: NodeId,
+        name: NodeName,
+    ) -> Result<NodeRow, RenameError> {
+        let row = self
+            .with_store(move |s| s.rename_node(id, &name, unix_now()))
+            .await?;
+        self.registry.rename(id, &row.name);
+        self.registry.broadcast_except(
+            id,
+            &CoordMessage::PeerUpsert {
+                peer: self.registry.record(&row),
+            },
+        );
+        Ok(row)
     }
 }

@@ -1,7 +1,9 @@
 //! The in-memory view of which nodes are online: their control channels and candidates.
 //!
 //! A `DashMap` keyed by node id, shared by every connection task and the HTTP API. Nothing here
-//! is durable: after a restart it is rebuilt as nodes log in again.
+//! is durable: after a restart it is rebuilt as nodes log in again. An online node's current
+//! name lives here too, so that a rename through the API shows in every record announced later
+//! by its (already running) session.
 
 use std::net::SocketAddr;
 
@@ -19,6 +21,8 @@ pub const NODE_QUEUE: usize = 1024;
 pub struct OnlineNode {
     /// Identifies the connection, so a stale connection's cleanup never removes a newer one.
     pub conn_id: usize,
+    /// The node's current name (the store's, updated by [`Registry::rename`]).
+    pub name: String,
     /// Queue of messages for the node's control-stream writer.
     pub tx: mpsc::Sender<CoordMessage>,
     /// Where the coordinator sees the node's data socket.
@@ -60,11 +64,16 @@ impl Registry {
         }
     }
 
-    /// Marks a node offline if `conn_id` is still its current connection; true if it was.
-    pub fn remove_if_current(&self, id: NodeId, conn_id: usize) -> bool {
+    /// Marks a node offline if `conn_id` is still its current connection; its entry if it was.
+    pub fn remove_if_current(&self, id: NodeId, conn_id: usize) -> Option<OnlineNode> {
         self.nodes
             .remove_if(&id, |_, n| n.conn_id == conn_id)
-            .is_some()
+            .map(|(_, n)| n)
+    }
+
+    /// Records an online node's new name; false if it is not online.
+    pub fn rename(&self, id: NodeId, name: &str) -> bool {
+        self.update(id, |n| n.name = name.to_string())
     }
 
     /// Removes a node whatever its connection, closing it with `reason`.
@@ -131,12 +140,15 @@ impl Registry {
         }
     }
 
-    /// The record other nodes see for `row`, with live online state and candidates.
+    /// The record other nodes see for `row`, with live online state, candidates and name.
     pub fn record(&self, row: &NodeRow) -> PeerRecord {
-        let candidates = self.candidates(row.id);
+        let (candidates, name) = match self.nodes.get(&row.id) {
+            Some(n) => (Some(n.candidates()), n.name.clone()),
+            None => (None, row.name.clone()),
+        };
         PeerRecord {
             node_id: row.id,
-            name: row.name.clone(),
+            name,
             public_key: row.public_key,
             mesh_ip: row.mesh_ip,
             online: candidates.is_some(),

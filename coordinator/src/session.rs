@@ -1,6 +1,7 @@
 //! One node's control session over its QUIC connection: the Hello/Challenge/Join-or-Login
 //! handshake, then candidate updates, punch brokering and reflexive-address changes until the
 //! connection ends. Malformed input ends only this session, with an `Error{Protocol}` frame.
+//! Registrations and logins, and why they were refused, are counted in [`crate::metrics`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::bucket::TokenBucket;
 use crate::invite::{hash_secret, unix_now};
 use crate::mesh::Mesh;
 use crate::registry::{OnlineNode, NODE_QUEUE};
-use crate::store::{NodeRow, RegisterError, Registration, StoreError};
+use crate::store::{NodeName, NodeRow, RegisterError, Registration, StoreError};
 
 /// How long a node has to open its stream and finish logging in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -38,8 +39,6 @@ const FRAME_QUEUE: usize = 8;
 const MAX_PATH_REPORTS: usize = 4096;
 /// Longest relay reason kept, in bytes.
 const MAX_REASON: usize = 120;
-/// Longest node name accepted (longer ones are cut).
-const MAX_NAME: usize = 63;
 
 /// A control-protocol failure to report to the node before closing.
 struct Refusal(ErrorCode, String);
@@ -53,6 +52,9 @@ impl From<RegisterError> for Refusal {
             RegisterError::InviteRevoked => ErrorCode::InviteRevoked,
             RegisterError::AlreadyRegistered => ErrorCode::AlreadyRegistered,
             RegisterError::NetworkFull => ErrorCode::NetworkFull,
+            // The control protocol has no code of its own for this rare case (a reserved
+            // address outside a changed network); the message says what happened.
+            RegisterError::Reserved(_) => ErrorCode::NetworkFull,
             RegisterError::Store(_) => ErrorCode::Internal,
         };
         Refusal(code, e.to_string())
@@ -82,28 +84,6 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<NodeMessage>>
 async fn write_frame(send: &mut quinn::SendStream, msg: &CoordMessage) -> Result<()> {
     send.write_all(&control::encode(msg)).await?;
     Ok(())
-}
-
-/// Normalizes a requested node name to a DNS-label-like form.
-fn clean_name(raw: &str) -> String {
-    let mut name: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(MAX_NAME)
-        .collect();
-    name = name.trim_matches('-').to_string();
-    if name.is_empty() {
-        "node".into()
-    } else {
-        name
-    }
 }
 
 /// Serves one node connection to its end.
@@ -154,6 +134,7 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
         id,
         OnlineNode {
             conn_id,
+            name: row.name.clone(),
             tx,
             reflexive: remote,
             local: Vec::new(),
@@ -193,8 +174,13 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
         writer.abort();
         relay.abort();
     }
-    if mesh.registry.remove_if_current(id, conn_id) {
+    if let Some(gone) = mesh.registry.remove_if_current(id, conn_id) {
         info!(node = %id, "node offline");
+        // The name may have changed through the API while the node was online.
+        let row = NodeRow {
+            name: gone.name,
+            ..row
+        };
         let _ = mesh.with_store(move |s| s.touch(id, unix_now())).await;
         mesh.registry.broadcast_except(
             id,
@@ -247,6 +233,7 @@ async fn login(mesh: &Arc<Mesh>, conn: &quinn::Connection) -> Result<LoginResult
             proof,
         }) => {
             if !check(&proof) {
+                mesh.metrics.registration_failed("bad_proof");
                 Err(Refusal(
                     ErrorCode::BadProof,
                     "key possession proof failed".into(),
@@ -257,18 +244,28 @@ async fn login(mesh: &Arc<Mesh>, conn: &quinn::Connection) -> Result<LoginResult
         }
         Some(NodeMessage::Login { proof }) => {
             if !check(&proof) {
+                mesh.metrics.login_failed("bad_proof");
                 Err(Refusal(
                     ErrorCode::BadProof,
                     "key possession proof failed".into(),
                 ))
             } else {
                 match mesh.with_store(move |s| s.node_by_key(&public_key)).await {
-                    Ok(Some(row)) => Ok(row),
-                    Ok(None) => Err(Refusal(
-                        ErrorCode::NotRegistered,
-                        "this node is not registered with the coordinator (removed?); join again with a new invite".into(),
-                    )),
-                    Err(e) => Err(e.into()),
+                    Ok(Some(row)) => {
+                        mesh.metrics.logged_in();
+                        Ok(row)
+                    }
+                    Ok(None) => {
+                        mesh.metrics.login_failed("not_registered");
+                        Err(Refusal(
+                            ErrorCode::NotRegistered,
+                            "this node is not registered with the coordinator (removed?); join again with a new invite".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        mesh.metrics.login_failed("internal");
+                        Err(e.into())
+                    }
                 }
             }
         }
@@ -291,14 +288,22 @@ async fn join(
 ) -> Result<NodeRow, Refusal> {
     let reg = Registration {
         secret_hash: hash_secret(&secret),
-        name: clean_name(&name),
+        name: NodeName::clean(&name).to_string(),
         public_key,
         network: mesh.network,
         now: unix_now(),
     };
-    let row = mesh.with_store(move |s| s.register(&reg)).await?;
-    info!(node = %row.id, name = %row.name, ip = %row.mesh_ip, "node registered");
-    Ok(row)
+    match mesh.with_store(move |s| s.register(&reg)).await {
+        Ok(row) => {
+            mesh.metrics.registered();
+            info!(node = %row.id, name = %row.name, ip = %row.mesh_ip, "node registered");
+            Ok(row)
+        }
+        Err(e) => {
+            mesh.metrics.registration_failed(e.reason());
+            Err(e.into())
+        }
+    }
 }
 
 /// Forwards queued messages to the node's stream.
@@ -463,17 +468,4 @@ fn broker_punch(mesh: &Mesh, a: NodeId, b: NodeId) {
             candidates: cand_b,
         },
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::clean_name;
-
-    #[test]
-    fn names_are_cleaned() {
-        assert_eq!(clean_name("My Laptop"), "my-laptop");
-        assert_eq!(clean_name("  "), "node");
-        assert_eq!(clean_name("--x--"), "x");
-        assert_eq!(clean_name(&"a".repeat(100)).len(), 63);
-    }
 }

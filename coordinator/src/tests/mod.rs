@@ -2,7 +2,13 @@
 //! real QUIC endpoint on loopback with test clients that speak the node's side of the protocol.
 #![allow(clippy::unwrap_used)]
 
+mod api;
+mod api_nodes;
+mod concurrency;
 mod http;
+mod metrics;
+mod openapi;
+mod ratelimit;
 mod relay;
 mod session;
 mod tcp;
@@ -29,6 +35,21 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
+    let app = crate::http::app(mesh.clone());
+    let (status, _, bytes) = send(&app, method, uri, token, body).await;
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// One request through `app` (a clone, so the router's state such as its rate limiter is
+/// shared between calls); the status, headers and body.
+async fn send(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -36,16 +57,79 @@ async fn call(
     if !body.is_empty() {
         req = req.header("content-type", "application/json");
     }
-    let resp = crate::http::app(mesh.clone())
+    let resp = app
+        .clone()
         .oneshot(req.body(Body::from(body.to_string())).unwrap())
         .await
         .unwrap();
     let status = resp.status();
+    let headers = resp.headers().clone();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .unwrap();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, json)
+    (status, headers, bytes.to_vec())
+}
+
+/// The API router with rate limits no test reaches (for tests that make many calls).
+fn roomy_app(mesh: &Arc<Mesh>) -> axum::Router {
+    crate::http::app_with(
+        mesh.clone(),
+        crate::http::ratelimit::Limits {
+            read_per_sec: 10_000,
+            read_burst: 10_000,
+            write_per_sec: 10_000,
+            write_burst: 10_000,
+            ..Default::default()
+        },
+    )
+}
+
+/// Like [`send`], with the body parsed as JSON (Null if it is not JSON).
+async fn send_json(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let (status, _, bytes) = send(app, method, uri, token, body).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Creates an API token with `role` through the API; its secret.
+async fn api_token(mesh: &Arc<Mesh>, role: &str) -> String {
+    let body = format!(r#"{{"name":"test-{role}","role":"{role}"}}"#);
+    let (s, v) = call(mesh, "POST", "/v1/tokens", Some(TOKEN), &body).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// Registers a node directly in the store (offline); its row.
+fn register(mesh: &Arc<Mesh>, name: &str, key: u8) -> crate::store::NodeRow {
+    let secret = new_invite(mesh, 1);
+    mesh.store
+        .register(&crate::store::Registration {
+            secret_hash: invite::hash_secret(&secret),
+            name: name.into(),
+            public_key: PrivateKey::from_random([key; 32]).public_key(),
+            network: mesh.network,
+            now: 1_700_000_000,
+        })
+        .unwrap()
+}
+
+/// Asserts that `body` is the API's error shape with `code`.
+fn assert_error(body: &serde_json::Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 /// Starts a QUIC endpoint for `mesh` on loopback.
