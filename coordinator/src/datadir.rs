@@ -1,7 +1,9 @@
 //! The coordinator's data directory: created 0700 on first start, holding the self-signed QUIC
 //! certificate (`cert.der`, `key.der` 0600), the bootstrap admin token (`admin.token` 0600) and
-//! the SQLite store (`warren.db`). Every secret file is written to a temporary name and renamed
-//! into place, so a crash never leaves a half-written file.
+//! the SQLite store (`warren.db`: nodes, invites and API tokens, the secrets of the last two only
+//! as SHA-256). The admin token file stays the bootstrap credential of the HTTP API even once API
+//! tokens exist; rotate it by replacing the file and restarting. Every secret file is written to
+//! a temporary name and renamed into place, so a crash never leaves a half-written file.
 
 use std::fs;
 use std::io::Write;
