@@ -142,6 +142,26 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
             connection: conn.clone(),
         },
     );
+    // A rename or removal through the API between the login's read and the insert above would
+    // be missed: read the row again, now that the API's changes reach the registry entry.
+    let row = match mesh.with_store(move |s| s.node(id)).await {
+        Ok(Some(fresh)) => {
+            mesh.registry.rename(id, &fresh.name);
+            fresh
+        }
+        Ok(None) => {
+            debug!(node = %id, "node removed while logging in");
+            mesh.registry.remove_if_current(id, conn_id);
+            conn.close(1u32.into(), b"removed from the mesh");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "reading the node failed");
+            mesh.registry.remove_if_current(id, conn_id);
+            conn.close(1u32.into(), b"internal error");
+            return;
+        }
+    };
     let welcome = CoordMessage::Welcome {
         node: mesh.registry.record(&row),
         network: mesh.network,

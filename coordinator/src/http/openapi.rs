@@ -86,7 +86,7 @@ fn operation(r: &Route) -> Value {
     };
     let mut op = json!({
         "summary": r.summary,
-        "operationId": format!("{} {}", r.verb.as_str(), r.path),
+        "operationId": operation_id(r),
         "security": security,
         "x-warren-role": role,
         "responses": responses,
@@ -100,6 +100,20 @@ fn operation(r: &Route) -> Value {
             "schema": {"$ref": format!("#/components/schemas/{s}")}}}});
     }
     op
+}
+
+/// A unique identifier-like name, e.g. `patch_v1_nodes_id` for `PATCH /v1/nodes/{id}`.
+fn operation_id(r: &Route) -> String {
+    let path: String = r
+        .path
+        .chars()
+        .filter_map(|c| match c {
+            '/' | '.' => Some('_'),
+            '{' | '}' => None,
+            c => Some(c),
+        })
+        .collect();
+    format!("{}{path}", r.verb.as_str().to_ascii_lowercase())
 }
 
 /// A nullable string property.

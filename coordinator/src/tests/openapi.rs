@@ -53,9 +53,17 @@ async fn every_documented_operation_is_routed_and_nothing_else() {
             }
         }
     }
-    // Every route of the table is in the document (the router is built from that table).
+    // Every route of the table is in the document (the router is built from that table), each
+    // with its own operation id.
     let table = crate::http::routes::all();
     assert_eq!(operations, table.len());
+    let ids: std::collections::HashSet<&str> = paths
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), table.len());
+    assert!(ids.contains("patch_v1_nodes_id") && ids.contains("get_openapi_json"));
     for r in &table {
         let op = &doc["paths"][r.path][r.verb.as_str().to_ascii_lowercase()];
         assert!(
