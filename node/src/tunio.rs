@@ -1,12 +1,17 @@
 //! Batched TUN IO (IO shell layer) with Linux TUN offloads when the kernel has them
 //! (`IFF_VNET_HDR`, tun-rs `offload`): one read yields a TCP/UDP super-packet that tun-rs splits
-//! into MTU-sized IP packets for the engine, and decrypted packets are queued and written with
-//! `send_multiple`, which coalesces TCP/UDP runs (GRO) into few writes (DESIGN.md section 5).
-//! Without offload the same interface does one packet per syscall.
+//! into MTU-sized IP packets for the engine, and decrypted packets are queued, merged into
+//! TCP/UDP super-packets where they continue one another (`gro`, a software GRO without
+//! per-packet allocation), and written a run per syscall (DESIGN.md section 5). Without offload
+//! the same interface does one packet per syscall.
+
+mod gro;
 
 use std::io;
 
-use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use gro::Coalescer;
 
 use crate::dataio::{ShellDrops, SHELL_DROPS};
 use crate::socket::MAX_DATAGRAM;
@@ -17,15 +22,13 @@ use crate::tun::TUN_MTU;
 const READ_SLOT: usize = 16 * 1024;
 /// Split packets per offloaded read: a 64 KiB super-packet cut at the MTU, with room to spare.
 const READ_SLOTS: usize = MAX_DATAGRAM / TUN_MTU as usize + 16;
-/// Decrypted packets queued before a forced write.
+/// Decrypted packets (or merged runs) queued before a forced write.
 const WRITE_SLOTS: usize = IDEAL_BATCH_SIZE;
 
 /// The TUN device with its reusable buffers.
 pub struct TunIo {
     /// The device.
     dev: AsyncDevice,
-    /// Whether the virtio-net header (offload) is in use.
-    offload: bool,
     /// Raw read buffer (virtio header + super-packet).
     raw: Vec<u8>,
     /// Packets split out of the last read.
@@ -34,40 +37,22 @@ pub struct TunIo {
     sizes: Vec<usize>,
     /// Where the engine writes the next decrypted packet (always full length, never re-zeroed).
     scratch: Vec<u8>,
-    /// Queued decrypted packets, each at offset [`TunIo::headroom`] (len = headroom + packet).
-    out: Vec<Vec<u8>>,
-    /// How many of `out` are queued.
-    queued: usize,
-    /// Coalescing state for `send_multiple`.
-    gro: GROTable,
+    /// Queued decrypted packets, merged into runs.
+    out: Coalescer,
 }
 
 impl TunIo {
     /// Wraps a device (built with or without offload).
     pub fn new(dev: AsyncDevice) -> Self {
         let offload = dev.tcp_gso();
-        let headroom = if offload { VIRTIO_NET_HDR_LEN } else { 0 };
+        let udp_gso = offload && dev.udp_gso();
         Self {
+            out: Coalescer::new(WRITE_SLOTS, MAX_DATAGRAM, offload, udp_gso),
             dev,
-            offload,
             raw: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_DATAGRAM],
             split: (0..READ_SLOTS).map(|_| vec![0u8; READ_SLOT]).collect(),
             sizes: vec![0; READ_SLOTS],
             scratch: vec![0u8; MAX_DATAGRAM],
-            out: (0..WRITE_SLOTS)
-                .map(|_| Vec::with_capacity(headroom + MAX_DATAGRAM))
-                .collect(),
-            queued: 0,
-            gro: GROTable::new(),
-        }
-    }
-
-    /// Bytes reserved in front of every queued packet (the virtio-net header).
-    fn headroom(&self) -> usize {
-        if self.offload {
-            VIRTIO_NET_HDR_LEN
-        } else {
-            0
         }
     }
 
@@ -98,45 +83,25 @@ impl TunIo {
         &mut self.scratch
     }
 
-    /// Queues the packet just written into [`TunIo::slot`] (one packet-sized copy; the queue's
-    /// buffers keep their capacity, so nothing is allocated after warm-up).
+    /// Queues the packet just written into [`TunIo::slot`]: appended to its flow's run, or
+    /// copied into a queue buffer of its own (they keep their capacity, so nothing is
+    /// allocated after warm-up).
     pub fn commit(&mut self, len: usize) {
-        if self.queued == WRITE_SLOTS {
+        if self.out.is_full() {
             self.write_queued();
         }
-        let headroom = self.headroom();
-        let packet = self.scratch.get(..len).unwrap_or_default();
-        let buf = &mut self.out[self.queued];
-        buf.clear();
-        buf.extend_from_slice(&[0u8; VIRTIO_NET_HDR_LEN][..headroom]);
-        buf.extend_from_slice(packet);
-        self.queued += 1;
+        self.out.push(self.scratch.get(..len).unwrap_or_default());
     }
 
-    /// Writes the queued packets (coalescing them when offload is on). A full device queue drops
-    /// packets like any congested link.
+    /// Writes the queued packets, a run per write. A write the device refuses drops its
+    /// packets like any congested link (counted).
     pub fn write_queued(&mut self) {
-        if self.queued == 0 {
-            return;
-        }
-        let headroom = self.headroom();
-        if self.offload {
-            // The synchronous `DeviceImpl::send_multiple` (TUN writes do not block).
-            let dev: &tun_rs::DeviceImpl = &self.dev;
-            if let Err(e) = dev.send_multiple(&mut self.gro, &mut self.out[..self.queued], headroom)
-            {
-                // At least one write of the batch failed (the rest were still tried).
-                ShellDrops::add(&SHELL_DROPS.tun_write_failed, 1);
-                tracing::debug!(error = %e, "TUN write failed");
-            }
-        } else {
-            for p in &self.out[..self.queued] {
-                if let Err(e) = self.dev.try_send(p) {
-                    ShellDrops::add(&SHELL_DROPS.tun_write_failed, 1);
-                    tracing::debug!(error = %e, "TUN write failed");
-                }
+        for (buf, packets) in self.out.finish() {
+            if let Err(e) = self.dev.try_send(buf) {
+                ShellDrops::add(&SHELL_DROPS.tun_write_failed, packets as u64);
+                tracing::debug!(error = %e, packets, "TUN write failed");
             }
         }
-        self.queued = 0;
+        self.out.clear();
     }
 }
