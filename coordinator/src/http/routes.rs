@@ -90,173 +90,110 @@ pub struct Route {
     pub handler: fn(MethodFilter) -> MethodRouter<Api>,
 }
 
+impl Route {
+    /// A route answering 200 with no documented body yet; see the builder methods below.
+    fn new(
+        verb: Verb,
+        path: &'static str,
+        access: Access,
+        handler: fn(MethodFilter) -> MethodRouter<Api>,
+    ) -> Self {
+        Self {
+            verb,
+            path,
+            access,
+            summary: "",
+            request: None,
+            status: 200,
+            response: Body::Empty,
+            conflicts: false,
+            handler,
+        }
+    }
+
+    /// Sets the summary.
+    fn doc(self, summary: &'static str) -> Self {
+        Self { summary, ..self }
+    }
+
+    /// Sets the JSON request body's schema.
+    fn takes(self, schema: &'static str) -> Self {
+        Self {
+            request: Some(schema),
+            ..self
+        }
+    }
+
+    /// Sets the success status and body.
+    fn answers(self, status: u16, response: Body) -> Self {
+        Self {
+            status,
+            response,
+            ..self
+        }
+    }
+
+    /// Marks it as able to answer 409.
+    fn may_conflict(self) -> Self {
+        Self {
+            conflicts: true,
+            ..self
+        }
+    }
+}
+
 /// Every route of the API.
 pub fn all() -> Vec<Route> {
-    use Access::*;
-    use Verb::*;
-    let r = |verb,
-             path,
-             access,
-             summary,
-             request,
-             status,
-             response,
-             handler: fn(MethodFilter) -> MethodRouter<Api>| Route {
-        verb,
-        path,
-        access,
-        summary,
-        request,
-        status,
-        response,
-        conflicts: false,
-        handler,
-    };
-    let conflicting = |route: Route| Route {
-        conflicts: true,
-        ..route
-    };
+    use Access::{Admin, Public, Read};
+    use Verb::{Delete, Get, Patch, Post};
     vec![
-        r(
-            Get,
-            "/openapi.json",
-            Public,
-            "This document.",
-            None,
-            200,
-            Body::OpenApi,
-            |f| on(f, observe::openapi),
-        ),
-        r(
-            Get,
-            "/metrics",
-            Read,
-            "Coordinator metrics in the Prometheus text format.",
-            None,
-            200,
-            Body::Prometheus,
-            |f| on(f, observe::metrics),
-        ),
-        r(
-            Get,
-            "/v1/health",
-            Read,
-            "Liveness, version, nodes online and relay counters.",
-            None,
-            200,
-            Body::Json("Health"),
-            |f| on(f, observe::health),
-        ),
-        r(
-            Get,
-            "/v1/peers",
-            Read,
-            "The mesh's nodes with their live state (same as GET /v1/nodes).",
-            None,
-            200,
-            Body::JsonList("Node"),
-            |f| on(f, nodes::list),
-        ),
-        r(
-            Get,
-            "/v1/nodes",
-            Read,
-            "The mesh's nodes with their live state.",
-            None,
-            200,
-            Body::JsonList("Node"),
-            |f| on(f, nodes::list),
-        ),
-        r(
-            Get,
-            "/v1/nodes/{id}",
-            Read,
-            "One node.",
-            None,
-            200,
-            Body::Json("Node"),
-            |f| on(f, nodes::get),
-        ),
-        conflicting(r(
-            Patch,
-            "/v1/nodes/{id}",
-            Admin,
-            "Renames a node; the other nodes learn the new name at once.",
-            Some("RenameNode"),
-            200,
-            Body::Json("Node"),
-            |f| on(f, nodes::rename),
-        )),
-        r(
-            Delete,
-            "/v1/nodes/{id}",
-            Admin,
-            "Removes a node: its connection is closed, it cannot log in again, its peers drop it.",
-            None,
-            204,
-            Body::Empty,
-            |f| on(f, nodes::remove),
-        ),
-        r(
-            Get,
-            "/v1/invites",
-            Read,
-            "Invites, newest first (their secrets are never stored).",
-            None,
-            200,
-            Body::JsonList("Invite"),
-            |f| on(f, invites::list),
-        ),
-        conflicting(r(
-            Post,
-            "/v1/invites",
-            Admin,
-            "Creates an invite; the token is in the answer only.",
-            Some("CreateInvite"),
-            201,
-            Body::Json("InviteCreated"),
-            |f| on(f, invites::create),
-        )),
-        r(
-            Delete,
-            "/v1/invites/{id}",
-            Admin,
-            "Revokes an invite.",
-            None,
-            204,
-            Body::Empty,
-            |f| on(f, invites::revoke),
-        ),
-        r(
-            Get,
-            "/v1/tokens",
-            Read,
-            "API tokens, newest first (their secrets are never stored).",
-            None,
-            200,
-            Body::JsonList("Token"),
-            |f| on(f, tokens::list),
-        ),
-        r(
-            Post,
-            "/v1/tokens",
-            Admin,
-            "Creates an API token; the secret is in the answer only.",
-            Some("CreateToken"),
-            201,
-            Body::Json("TokenCreated"),
-            |f| on(f, tokens::create),
-        ),
-        r(
-            Delete,
-            "/v1/tokens/{id}",
-            Admin,
-            "Revokes an API token.",
-            None,
-            204,
-            Body::Empty,
-            |f| on(f, tokens::revoke),
-        ),
+        Route::new(Get, "/openapi.json", Public, |f| on(f, observe::openapi))
+            .doc("This document.")
+            .answers(200, Body::OpenApi),
+        Route::new(Get, "/metrics", Read, |f| on(f, observe::metrics))
+            .doc("Coordinator metrics in the Prometheus text format.")
+            .answers(200, Body::Prometheus),
+        Route::new(Get, "/v1/health", Read, |f| on(f, observe::health))
+            .doc("Liveness, version, nodes online and relay counters.")
+            .answers(200, Body::Json("Health")),
+        Route::new(Get, "/v1/peers", Read, |f| on(f, nodes::list))
+            .doc("The mesh's nodes with their live state (same as GET /v1/nodes).")
+            .answers(200, Body::JsonList("Node")),
+        Route::new(Get, "/v1/nodes", Read, |f| on(f, nodes::list))
+            .doc("The mesh's nodes with their live state.")
+            .answers(200, Body::JsonList("Node")),
+        Route::new(Get, "/v1/nodes/{id}", Read, |f| on(f, nodes::get))
+            .doc("One node.")
+            .answers(200, Body::Json("Node")),
+        Route::new(Patch, "/v1/nodes/{id}", Admin, |f| on(f, nodes::rename))
+            .doc("Renames a node; the other nodes learn the new name at once.")
+            .takes("RenameNode")
+            .answers(200, Body::Json("Node"))
+            .may_conflict(),
+        Route::new(Delete, "/v1/nodes/{id}", Admin, |f| on(f, nodes::remove))
+            .doc("Removes a node: its connection is closed, it cannot log in again, its peers drop it.")
+            .answers(204, Body::Empty),
+        Route::new(Get, "/v1/invites", Read, |f| on(f, invites::list))
+            .doc("Invites, newest first (their secrets are never stored).")
+            .answers(200, Body::JsonList("Invite")),
+        Route::new(Post, "/v1/invites", Admin, |f| on(f, invites::create))
+            .doc("Creates an invite; the token is in this answer only.")
+            .takes("CreateInvite")
+            .answers(201, Body::Json("InviteCreated"))
+            .may_conflict(),
+        Route::new(Delete, "/v1/invites/{id}", Admin, |f| on(f, invites::revoke))
+            .doc("Revokes an invite.")
+            .answers(204, Body::Empty),
+        Route::new(Get, "/v1/tokens", Read, |f| on(f, tokens::list))
+            .doc("API tokens, newest first (their secrets are never stored).")
+            .answers(200, Body::JsonList("Token")),
+        Route::new(Post, "/v1/tokens", Admin, |f| on(f, tokens::create))
+            .doc("Creates an API token; the secret is in this answer only.")
+            .takes("CreateToken")
+            .answers(201, Body::Json("TokenCreated")),
+        Route::new(Delete, "/v1/tokens/{id}", Admin, |f| on(f, tokens::revoke))
+            .doc("Revokes an API token.")
+            .answers(204, Body::Empty),
     ]
 }
 
