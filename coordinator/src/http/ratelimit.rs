@@ -1,7 +1,8 @@
 //! Per-client rate limits of the HTTP API: one pair of token buckets ([`crate::bucket`]) per
 //! client address, a generous one for reads (GET, HEAD) and a tighter one for writes. Over the
 //! limit a request answers 429 `rate_limited` with `Retry-After` in seconds. It applies to every
-//! request, before authentication, so it also slows down token guessing.
+//! request, before authentication; a request that fails authentication (401) is charged to the
+//! write budget as well, so guessing tokens runs at the write rate at most.
 //!
 //! [`RateLimiter`] is pure (the caller passes the time); [`limit`] is the middleware. The
 //! client is the TCP peer address (`ConnectInfo`); an IPv6 client is its /64, since one host
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -199,7 +200,19 @@ pub async fn limit(State(limiter): State<Shared>, req: Request, next: Next) -> R
             .unwrap_or_else(|e| e.into_inner())
             .check(client, kind, Instant::now());
     match verdict {
-        Ok(()) => next.run(req).await,
+        Ok(()) => {
+            let resp = next.run(req).await;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                // A failed authentication also costs a write: guessing tokens runs at the
+                // write rate at best, whatever the method.
+                let _ = limiter.lock().unwrap_or_else(|e| e.into_inner()).check(
+                    client,
+                    Kind::Write,
+                    Instant::now(),
+                );
+            }
+            resp
+        }
         Err(secs) => {
             tracing::debug!(?kind, "API request over the rate limit");
             let mut e = ApiError::new(

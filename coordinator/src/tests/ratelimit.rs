@@ -115,6 +115,32 @@ async fn writes_are_limited_per_client_with_retry_after() {
     );
 }
 
+#[tokio::test]
+async fn failed_authentication_costs_a_write() {
+    let (_d, mesh, _) = mesh();
+    let app = crate::http::app_with(mesh.clone(), tight());
+    let c = "203.0.113.5:1";
+    let guess = |token: &'static str| {
+        let mut req = Request::builder()
+            .uri("/v1/health")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(c.parse().unwrap()));
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status() }
+    };
+    // Two wrong guesses use up the write burst of 2 (and two of the three reads).
+    assert_eq!(guess("wrn_guess1").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(guess("wrn_guess2").await, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = from(&app, c, "POST", "/v1/invites", "{}").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    // A correct token still reads (reads are a separate budget).
+    let (s, _, _) = from(&app, c, "GET", "/v1/health", "").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
 /// A raw HTTP/1.1 request from local address `src` to `server`; the status code.
 async fn raw(src: &str, server: SocketAddr, method: &str, path: &str) -> u16 {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
