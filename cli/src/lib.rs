@@ -2,11 +2,12 @@
 //! logic): bad input ends with ONE line `error: ...` on stderr and exit status 1, never clap's
 //! multi-line usage block and never a panic; `--help` and `--version` print to stdout and exit 0.
 //!
-//! Also shared by both binaries: config files ([`config`]), logging ([`logging`]) and systemd
-//! readiness ([`systemd`]).
+//! Also shared by both binaries: config files ([`config`]), logging ([`logging`]), shutdown
+//! signals ([`shutdown`]) and systemd readiness ([`systemd`]).
 
 pub mod config;
 pub mod logging;
+pub mod shutdown;
 pub mod systemd;
 
 use std::ffi::OsString;

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use tokio::signal::unix::SignalKind;
 use tracing::{info, warn};
 use warren_proto::ids::MeshNetwork;
 use warren_proto::token::CoordinatorAddr;
@@ -31,6 +32,11 @@ pub fn run(settings: ServeSettings) -> Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a SIGTERM at any point from here (e.g. right after READY=1) shuts
+        // down cleanly instead of killing the process.
+        let stop =
+            warren_cli::shutdown::on_signals(&[SignalKind::interrupt(), SignalKind::terminate()])
+                .context("installing the SIGINT/SIGTERM handlers")?;
         let (endpoint, tunnels) = crate::quic::endpoint_with_tunnels(&identity, settings.listen)?;
         let http = tokio::net::TcpListener::bind(settings.http)
             .await
@@ -88,8 +94,9 @@ pub fn run(settings: ServeSettings) -> Result<()> {
         }
         let accept = tokio::spawn(crate::quic::accept_loop(endpoint.clone(), mesh.clone()));
         let accept_tcp = tokio::spawn(crate::tcp::accept_loop(tcp, tcp_tls, tunnels));
-        let api =
-            axum::serve(http, crate::http::app(mesh)).with_graceful_shutdown(shutdown_signal());
+        let api = axum::serve(http, crate::http::app(mesh)).with_graceful_shutdown(async {
+            stop.await;
+        });
         // Every socket is bound and the store is open: a `Type=notify` unit counts as started.
         warren_cli::systemd::notify("READY=1");
         api.await.context("HTTP server failed")?;
@@ -171,21 +178,4 @@ fn first_ipv4() -> Option<IpAddr> {
     // SAFETY: frees the list from getifaddrs exactly once.
     unsafe { libc::freeifaddrs(ifap) };
     found
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

@@ -137,22 +137,22 @@ fn bind_socket(port: u16) -> anyhow::Result<Arc<UdpSocket>> {
     socket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
 }
 
-/// Resolves when SIGINT, SIGTERM or SIGHUP (terminal closed) arrives.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let wait = |kind: SignalKind| async move {
-        match signal(kind) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = wait(SignalKind::interrupt()) => {}
-        () = wait(SignalKind::terminate()) => {}
-        () = wait(SignalKind::hangup()) => {}
-    }
+/// Resolves when the daemon is asked to stop.
+type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Installs the SIGINT, SIGTERM and SIGHUP (terminal closed) handlers now, for the whole life of
+/// the command; the future resolves when one arrives.
+fn shutdown_signal() -> anyhow::Result<Stop> {
+    use tokio::signal::unix::SignalKind;
+    let stop = warren_cli::shutdown::on_signals(&[
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ])
+    .context("installing the signal handlers")?;
+    Ok(Box::pin(async {
+        stop.await;
+    }))
 }
 
 /// `warren join`.
@@ -163,6 +163,8 @@ async fn join(token: InviteToken, settings: JoinSettings) -> anyhow::Result<()> 
         tun: tun_name,
         port,
     } = settings;
+    // Handlers first, for the whole command: Ctrl-C while joining still cleans up `pending`.
+    let mut stop = shutdown_signal()?;
     let name = name.unwrap_or_else(hostname);
     let dev = tun::create(&tun_name)?;
     let udp = bind_socket(port)?;
@@ -186,7 +188,7 @@ async fn join(token: InviteToken, settings: JoinSettings) -> anyhow::Result<()> 
     // Ctrl-C while waiting must still run `pending`'s cleanup, so it is awaited here.
     let session = tokio::select! {
         res = control::connect(&endpoint, &coord, pending.key(), &cred) => res?,
-        () = shutdown_signal() => anyhow::bail!("interrupted before the coordinator answered"),
+        () = &mut stop => anyhow::bail!("interrupted before the coordinator answered"),
     };
     let w = &session.welcome;
     let saved = SavedState {
@@ -216,12 +218,14 @@ async fn join(token: InviteToken, settings: JoinSettings) -> anyhow::Result<()> 
         coord,
         Some(session),
         metrics,
+        stop,
     )
     .await
 }
 
 /// `warren up`.
 async fn up(settings: UpSettings) -> anyhow::Result<()> {
+    let stop = shutdown_signal()?;
     let dir = settings.daemon.state_dir;
     let (key, saved) = state::load(&dir)?;
     // Refuse early if a daemon already serves this directory (before touching TUN or the port).
@@ -240,7 +244,7 @@ async fn up(settings: UpSettings) -> anyhow::Result<()> {
         inbox: inbox.clone(),
     };
     run_daemon(
-        &dir, key, saved, udp, dev, endpoint, inbox, coord, None, metrics,
+        &dir, key, saved, udp, dev, endpoint, inbox, coord, None, metrics, stop,
     )
     .await
 }
@@ -259,6 +263,7 @@ async fn run_daemon(
     coord: Coordinator,
     first: Option<Session>,
     metrics: Option<TcpListener>,
+    stop: Stop,
 ) -> anyhow::Result<()> {
     tun::configure(&dev, saved.mesh_ip, saved.network)?;
     let (listener, sock_path) = status::bind(dir)?;
@@ -299,7 +304,7 @@ async fn run_daemon(
     tracing::info!(ip = %saved.mesh_ip, network = %saved.network, tun = %saved.tun,
         port = saved.port, name = %saved.name, "ready");
     notify::notify("READY=1");
-    let exit = daemon.run(shutdown_signal()).await;
+    let exit = daemon.run(stop).await;
     tracing::info!(reason = ?exit, "shutting down");
     notify::notify("STOPPING=1");
     // The daemon (and with it the control client's outbox) is dropped: the client closes the
