@@ -13,7 +13,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
@@ -34,6 +36,10 @@ use crate::tunio::TunIo;
 /// TUN packets handled per wake-up before the engine's output is flushed; bounds latency and the
 /// engine's queue while amortising the flush (UDP reads are batched by `recvmmsg` in [`DataIo`]).
 const TUN_BATCH: usize = 128;
+/// Relay datagrams handled per wake-up (the one that woke the loop and those already queued on
+/// the control connection) before the engine's output is flushed; like [`TUN_BATCH`] it bounds
+/// latency while letting decrypted packets reach TUN in coalesced runs.
+const RELAY_BATCH: usize = 64;
 /// Sleep used when the engine has no deadline.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// How often local interface addresses are re-read; a change is sent to the coordinator as fresh
@@ -189,14 +195,7 @@ impl Daemon {
             tokio::select! {
                 () = &mut shutdown => return Exit::Shutdown,
                 res = relay_rx => match res {
-                    Ok(datagram) => {
-                        let slot = self.io.tun.slot();
-                        let now = Instant::now();
-                        if let Some(len) = self.engine.handle_relay_datagram(&datagram, slot, now) {
-                            self.io.tun.commit(len);
-                        }
-                        self.io.tun.write_queued();
-                    }
+                    Ok(datagram) => self.on_relay_datagrams(&datagram),
                     Err(e) => {
                         tracing::debug!(error = %e, "control connection gone; relay unavailable");
                         self.relay = None;
@@ -267,6 +266,34 @@ impl Daemon {
                 tracing::debug!(error = %e, "UDP send failed");
             }
             self.batch.restart_with_tail(dst, len);
+        }
+    }
+
+    /// Relay datagrams from the control connection: `first`, which woke the loop, and up to
+    /// [`RELAY_BATCH`] more that are already queued. Decrypted packets go to TUN together, so
+    /// they coalesce into super-packets like those from the data socket.
+    fn on_relay_datagrams(&mut self, first: &[u8]) {
+        let now = Instant::now();
+        self.on_relay_datagram(first, now);
+        if let Some(conn) = self.relay.clone() {
+            let mut cx = Context::from_waker(Waker::noop());
+            for _ in 1..RELAY_BATCH {
+                // Ready at once when a datagram is queued; a closed connection is seen by the
+                // next `read_datagram` in the main loop.
+                match pin!(conn.read_datagram()).poll(&mut cx) {
+                    Poll::Ready(Ok(datagram)) => self.on_relay_datagram(&datagram, now),
+                    Poll::Ready(Err(_)) | Poll::Pending => break,
+                }
+            }
+        }
+        self.io.tun.write_queued();
+    }
+
+    /// One relay datagram; a decrypted packet is queued for TUN.
+    fn on_relay_datagram(&mut self, datagram: &[u8], now: Instant) {
+        let slot = self.io.tun.slot();
+        if let Some(len) = self.engine.handle_relay_datagram(datagram, slot, now) {
+            self.io.tun.commit(len);
         }
     }
 

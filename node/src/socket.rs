@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
-use quinn::udp::{RecvMeta, Transmit};
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -154,6 +155,9 @@ pub async fn pump_quic_only(io: Arc<UdpSocket>, inbox: QuicInbox) {
 pub struct QuicSocket {
     /// The shared socket (sending side for quinn).
     io: Arc<UdpSocket>,
+    /// quinn-udp's send state for the shared socket: GSO runs of QUIC packets (relay datagrams
+    /// leave a node in bursts), ECN and error handling as on quinn's own sockets.
+    state: UdpSocketState,
     /// QUIC datagrams from the data-plane task. A mutex because quinn polls through `&self`;
     /// only quinn's endpoint driver task ever locks it, so it is uncontended.
     rx: Mutex<mpsc::Receiver<QuicDatagram>>,
@@ -162,19 +166,21 @@ pub struct QuicSocket {
 impl QuicSocket {
     /// Wraps the shared socket; returns the wrapper and the inbox the demultiplexer uses
     /// (admitting nobody until [`QuicInbox::allow`]).
-    pub fn new(io: Arc<UdpSocket>) -> (Self, QuicInbox) {
+    pub fn new(io: Arc<UdpSocket>) -> io::Result<(Self, QuicInbox)> {
         let (tx, rx) = mpsc::channel(QUIC_QUEUE);
         let inbox = QuicInbox {
             tx,
             allowed: Arc::default(),
         };
-        (
+        let state = UdpSocketState::new((&*io).into())?;
+        Ok((
             Self {
                 io,
+                state,
                 rx: Mutex::new(rx),
             },
             inbox,
-        )
+        ))
     }
 }
 
@@ -208,17 +214,16 @@ impl AsyncUdpSocket for QuicSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        // max_transmit_segments is 1, so quinn never hands us a GSO batch.
-        match self.io.try_send_to(transmit.contents, transmit.destination) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-            // Like quinn's own sockets: any other error (no route while the network changes,
-            // ICMP-reported refusals) is a lost datagram, not the end of the connection.
-            Err(e) => {
-                tracing::debug!(dst = %transmit.destination, error = %e, "QUIC send failed");
-                Ok(())
-            }
-        }
+        // Like quinn's own sockets: only WouldBlock comes back (and clears tokio's readiness so
+        // the poller waits); any other error (no route while the network changes, ICMP-reported
+        // refusals) is a lost datagram that quinn-udp logs, not the end of the connection.
+        self.io.try_io(Interest::WRITABLE, || {
+            self.state.send((&*self.io).into(), transmit)
+        })
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.state.max_gso_segments()
     }
 
     fn poll_recv(
@@ -259,13 +264,13 @@ impl AsyncUdpSocket for QuicSocket {
         self.io.local_addr()
     }
 
-    /// The shared socket does not fragment: `DataIo`'s quinn-udp state sets
-    /// IP_PMTUDISC_PROBE (DF on every datagram), and before it exists the Linux default
-    /// (IP_PMTUDISC_WANT) sets DF too. Saying so lets quinn run path MTU discovery on the
-    /// control connection; without it the connection stays at QUIC's 1200-byte minimum and
-    /// full-size relay datagrams (8 + 32 + 1280 bytes) never fit (see README, "Relay").
+    /// The shared socket does not fragment: quinn-udp's state (ours and `DataIo`'s) sets
+    /// IP_PMTUDISC_PROBE, so every datagram carries DF. Saying so lets quinn run path MTU
+    /// discovery on the control connection; without it the connection stays at QUIC's
+    /// 1200-byte minimum and full-size relay datagrams (8 + 32 + 1280 bytes) never fit (see
+    /// README, "Relay").
     fn may_fragment(&self) -> bool {
-        false
+        self.state.may_fragment()
     }
 }
 
@@ -304,7 +309,7 @@ impl UdpPoller for WritablePoller {
 /// Builds a QUIC client endpoint on the shared socket, with QUIC bit greasing off so every QUIC
 /// packet keeps the 0x40 bit the demultiplexer relies on.
 pub fn quic_endpoint(io: Arc<UdpSocket>) -> anyhow::Result<(quinn::Endpoint, QuicInbox)> {
-    let (sock, inbox) = QuicSocket::new(io);
+    let (sock, inbox) = QuicSocket::new(io).context("preparing the shared socket for QUIC")?;
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -339,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn inbox_admits_only_the_coordinator() {
         let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let (sock, inbox) = QuicSocket::new(io);
+        let (sock, inbox) = QuicSocket::new(io).unwrap();
         let coordinator: SocketAddr = "192.0.2.1:7443".parse().unwrap();
         let stranger: SocketAddr = "192.0.2.9:7443".parse().unwrap();
         inbox.forward(coordinator, &[0xc0, 1]);
