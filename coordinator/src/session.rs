@@ -1,7 +1,9 @@
 //! One node's control session over its QUIC connection: the Hello/Challenge/Join-or-Login
 //! handshake, then candidate updates, punch brokering and reflexive-address changes until the
 //! connection ends. Malformed input ends only this session, with an `Error{Protocol}` frame.
-//! Registrations and logins, and why they were refused, are counted in [`crate::metrics`].
+//! Registrations and logins, and why they were refused, are counted in [`crate::metrics`]. At
+//! info level only registrations are logged (an administrative event); logins, presence and
+//! addresses are debug.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,7 +115,9 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
         }
     };
     let id = row.id;
-    info!(node = %id, name = %row.name, ip = %row.mesh_ip, "node online");
+    // Presence (when a node comes and goes) is activity metadata: debug only, so that an
+    // operator running at info can say the coordinator keeps no record of it.
+    debug!(node = %id, "node online");
 
     // Welcome before the node appears online to others, so it never sees a Punch first.
     let peers = match mesh.with_store(|s| s.nodes()).await {
@@ -195,7 +199,7 @@ pub async fn serve_connection(mesh: Arc<Mesh>, conn: quinn::Connection) {
         relay.abort();
     }
     if let Some(gone) = mesh.registry.remove_if_current(id, conn_id) {
-        info!(node = %id, "node offline");
+        debug!(node = %id, "node offline");
         // The name may have changed through the API while the node was online.
         let row = NodeRow {
             name: gone.name,
