@@ -94,7 +94,9 @@ pub fn run(settings: ServeSettings) -> Result<()> {
         }
         let accept = tokio::spawn(crate::quic::accept_loop(endpoint.clone(), mesh.clone()));
         let accept_tcp = tokio::spawn(crate::tcp::accept_loop(tcp, tcp_tls, tunnels));
-        let api = axum::serve(http, crate::http::app(mesh)).with_graceful_shutdown(async {
+        // With each connection's peer address, which the API's per-client rate limit keys on.
+        let app = crate::http::service(crate::http::app(mesh));
+        let api = axum::serve(http, app).with_graceful_shutdown(async {
             stop.await;
         });
         // Every socket is bound and the store is open: a `Type=notify` unit counts as started.
