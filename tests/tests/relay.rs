@@ -198,7 +198,8 @@ fn relay_sym_sym_pings_over_the_relay() {
         wait_for(
             "relayed paths in GET /v1/peers",
             SWITCH,
-            Duration::ZERO,
+            // Well inside the API's per-client read rate limit (20/s).
+            Duration::from_millis(200),
             || {
                 let (code, body) = lab.api_get(&coord, "/v1/peers", true)?;
                 ensure!(code == 200, "GET /v1/peers answered {code}");
