@@ -15,7 +15,9 @@
 //! `bench --perf` also samples both systems' daemons with `perf record` during the one-stream
 //! transfers (which skews those lines a little) and prints the top symbols. `bench --quick`
 //! measures Warren's direct pair only (both ciphers; no Nebula, no relayed pair), for quick
-//! before/after comparisons while working on the data path.
+//! before/after comparisons while working on the data path. `bench --txqlen N` sets the
+//! `txqueuelen` of Warren's TUN devices to N once the daemons run (an experiment knob: the TUN
+//! ring is where packets wait under load).
 
 mod drops;
 mod measure;
@@ -62,7 +64,19 @@ fn main() {
     };
     let with_perf = std::env::args().any(|a| a == "--perf");
     let quick = std::env::args().any(|a| a == "--quick");
-    let result = run::run(&mut lab, with_perf, quick);
+    let args: Vec<String> = std::env::args().collect();
+    let txqlen = args
+        .iter()
+        .position(|a| a == "--txqlen")
+        .and_then(|i| args.get(i + 1)?.parse::<u32>().ok());
+    let result = run::run(
+        &mut lab,
+        run::Options {
+            with_perf,
+            quick,
+            txqlen,
+        },
+    );
     match &result {
         Ok(table) => {
             println!("{table}");

@@ -33,7 +33,11 @@ pub fn add(
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            Ok(_) => {}
+            Ok(m) => table.note(format!(
+                "{} {name}: UDP steps {}",
+                pair.path,
+                steps(&m.udp_steps)
+            )),
         }
         if let Ok(Metrics {
             perf: Some(top), ..
@@ -149,6 +153,15 @@ pub fn add(
     );
 }
 
+/// A UDP search's steps: `offered Mbit/s (loss %)`.
+fn steps(steps: &[(f64, f64)]) -> String {
+    steps
+        .iter()
+        .map(|(rate, loss)| format!("{rate:.0} ({loss:.1}%)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Ping RTT idle and under load, and the idle RTT added over the raw path.
 fn latency_rows(
     table: &mut Table,
@@ -206,12 +219,10 @@ pub fn add_aes(
         }
     };
     if let Some(m) = &w {
-        if m.udp == 0.0 {
-            table.note(format!(
-                "{p} warren: UDP lost more than {}% at every offered rate",
-                measure::UDP_MAX_LOSS
-            ));
-        }
+        table.note(format!(
+            "{p} warren: UDP steps {} (offered Mbit/s, loss)",
+            steps(&m.udp_steps)
+        ));
         if let Some(top) = &m.perf {
             table
                 .perf

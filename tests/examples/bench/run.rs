@@ -91,8 +91,24 @@ pub struct Metrics {
     pub perf: Option<String>,
 }
 
-/// Builds the lab, measures, and returns the table. `quick`: Warren's direct pair only.
-pub fn run(lab: &mut Lab, with_perf: bool, quick: bool) -> Result<Table> {
+/// How the bench was asked to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Sample the daemons with `perf record` during the one-stream transfers.
+    pub with_perf: bool,
+    /// Warren's direct pair only (both ciphers).
+    pub quick: bool,
+    /// `txqueuelen` to set on Warren's TUN devices, if any.
+    pub txqlen: Option<u32>,
+}
+
+/// Builds the lab, measures, and returns the table.
+pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
+    let Options {
+        with_perf,
+        quick,
+        txqlen,
+    } = opts;
     for tool in ["iperf3", "nft"] {
         if which(tool).is_none() {
             bail!("the bench needs {tool} on PATH (scripts/bench.sh installs iperf3)");
@@ -155,6 +171,12 @@ pub fn run(lab: &mut Lab, with_perf: bool, quick: bool) -> Result<Table> {
     let mut warren_ips = Vec::new();
     for n in &nodes {
         warren_ips.push(lab.wait_node_ready(n)?);
+        set_txqlen(lab, n, txqlen)?;
+    }
+    if let Some(q) = txqlen {
+        table.note(format!(
+            "Warren's TUN devices run with txqueuelen {q} (--txqlen)"
+        ));
     }
     let coord_pid = lab.proc(coord.proc).pid();
     let lighthouse_pid = neb.as_ref().map(|(_, l)| lab.proc(l.proc).pid());
@@ -247,6 +269,7 @@ pub fn run(lab: &mut Lab, with_perf: bool, quick: bool) -> Result<Table> {
         let (na, nb) = (&nodes[0], &nodes[1]);
         for n in [na, nb] {
             wait_self_cipher(lab, n, "aes-256-gcm")?;
+            set_txqlen(lab, n, txqlen)?;
         }
         first_ping(lab, pair, warren_ips[1])?;
         wait_warren_path(lab, na, nb, pair)?;
@@ -282,6 +305,20 @@ pub fn run(lab: &mut Lab, with_perf: bool, quick: bool) -> Result<Table> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
     Ok(table)
+}
+
+/// Sets the `txqueuelen` of `node`'s TUN device, when asked to.
+fn set_txqlen(lab: &Lab, node: &Node, txqlen: Option<u32>) -> Result<()> {
+    let Some(q) = txqlen else {
+        return Ok(());
+    };
+    let q = q.to_string();
+    let args = ["ip", "link", "set", "dev", "wrn0", "txqueuelen", q.as_str()];
+    let out = lab.exec(&node.host.ns, &args, Duration::from_secs(5))?;
+    if !out.success() {
+        bail!("{args:?} in {}: {}", node.name, out.stderr.trim());
+    }
+    Ok(())
 }
 
 /// Waits until `node`'s status shows `cipher` as its own (the coordinator's Welcome arrived).
