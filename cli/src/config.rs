@@ -23,13 +23,13 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be opened or read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        /// What the OS said (in the message, not as a `source`: the one-line error would say
+        /// it twice).
+        cause: std::io::Error,
     },
     /// The file is larger than [`MAX_CONFIG_BYTES`].
     #[error("config file {} is larger than {MAX_CONFIG_BYTES} bytes", path.display())]
@@ -93,9 +93,9 @@ impl<T> Loaded<T> {
 /// Reads and parses the TOML file at `path` into `T`.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Loaded<T>, ConfigError> {
     use std::io::Read;
-    let read_err = |source| ConfigError::Read {
+    let read_err = |cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let mut text = String::new();
@@ -236,12 +236,12 @@ mod tests {
 
     #[test]
     fn missing_file_and_merge_errors_name_the_file() {
-        let e = load::<File>(Path::new("/nonexistent/warren.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read config file /nonexistent/warren.toml"),
-            "{e}"
+        let e = load::<File>(Path::new("/nonexistent/warren.toml")).unwrap_err();
+        let line = crate::one_line_error(&e.into());
+        assert_eq!(
+            line,
+            "error: cannot read config file /nonexistent/warren.toml: \
+             No such file or directory (os error 2)"
         );
         let loaded: Loaded<File> = load(&scratch("merge", "port = 0\n")).unwrap();
         let e = loaded.invalid("port", "must be 1 or more").to_string();

@@ -19,6 +19,7 @@ use anyhow::{bail, ensure, Context, Result};
 use warren_lab::bins::{workspace_root, Bins};
 use warren_lab::cmd::wait_for;
 use warren_lab::lab::which;
+use warren_lab::warren::CLI_TIMEOUT;
 use warren_lab::{Lab, Node, SiteKind};
 
 /// How long a daemon gets to say READY=1.
@@ -29,6 +30,8 @@ const UNPRIVILEGED: u32 = 65534;
 const CAP_NET_ADMIN_MASK: u64 = 1 << 12;
 /// Where the lab node serves its metrics, inside its namespace.
 const METRICS_ADDR: &str = "127.0.0.1:9480";
+/// An address no interface of the lab's node namespaces has (TEST-NET-1, RFC 5737).
+const UNBINDABLE: &str = "192.0.2.1:9480";
 /// First systemd version that knows RestartSteps= and RestartMaxDelaySec= (v254 NEWS).
 const SYSTEMD_RESTART_STEPS: u32 = 254;
 
@@ -310,6 +313,36 @@ fn node_runs_unprivileged_with_only_cap_net_admin() {
         let host_b = site_b.hosts[0].clone();
         let token_b = lab.invite(&c, &[])?;
         let config_s = config.display().to_string();
+        let warren_s = bins.warren.display().to_string();
+        // A metrics address that cannot be bound ends `join` on one line naming it, before the
+        // token is spent or anything is written (the same token joins below).
+        let bad = lab.exec(
+            &host_b.ns,
+            &[
+                "env",
+                "-u",
+                "RUST_LOG",
+                &warren_s,
+                "join",
+                &token_b,
+                "--config",
+                &config_s,
+                "--metrics",
+                UNBINDABLE,
+            ],
+            CLI_TIMEOUT,
+        )?;
+        let line = bad.stderr.trim();
+        ensure!(
+            bad.code() == 1,
+            "join with --metrics {UNBINDABLE}: exit {}: {line}",
+            bad.code()
+        );
+        ensure!(
+            line.lines().count() == 1 && line.contains(&format!("metrics listener {UNBINDABLE}")),
+            "join with --metrics {UNBINDABLE} said: {line}"
+        );
+        ensure!(!state.exists(), "a failed join left {}", state.display());
         let join_args = vec![
             "join".to_string(),
             token_b,
