@@ -3,7 +3,8 @@
 //! - Both systemd units pass `systemd-analyze verify` (the tool must be installed: the test
 //!   fails, never skips, without it), with `ExecStart` pointed at the freshly built binaries.
 //! - The coordinator unit's command line runs with the example config: it tells systemd
-//!   `READY=1` (the unit is `Type=notify`) and `STOPPING=1`, and exits 0 on SIGTERM.
+//!   `READY=1` (the unit is `Type=notify`) and `STOPPING=1`, exits 0 on SIGTERM, and logs JSON
+//!   when `WARREN_LOG_FORMAT=json` says so.
 //! - Lab: a node runs the way `warren.service` runs it — as an unprivileged user whose only
 //!   capability is CAP_NET_ADMIN, from a config file, with JSON logs and the metrics listener —
 //!   and carries traffic; its info log holds no inner address of that traffic.
@@ -228,6 +229,8 @@ fn coordinator_unit_command_runs_with_the_example_config() {
             .args(&args)
             .env("NOTIFY_SOCKET", &notify.path)
             .env("RUST_LOG", "info")
+            // The environment beats the file's `log_format = "text"`.
+            .env("WARREN_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -249,6 +252,20 @@ fn coordinator_unit_command_runs_with_the_example_config() {
                 || Ok(child.try_wait()?),
             )?;
             ensure!(status.success(), "the coordinator exited with {status}");
+            let text = std::fs::read_to_string(&log)?;
+            let messages = text
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l)
+                        .with_context(|| format!("not a JSON log line: {l}"))?;
+                    Ok(v["message"].as_str().unwrap_or_default().to_string())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            ensure!(
+                messages.iter().any(|m| m == "coordinator listening")
+                    && messages.iter().any(|m| m == "shutting down"),
+                "log messages: {messages:?}"
+            );
             Ok(())
         })();
         let _ = child.kill();
