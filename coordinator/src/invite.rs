@@ -14,6 +14,8 @@ use crate::store::{InviteError, NewInvite, NodeName, Store};
 
 /// Meta key under which `serve` records the address tokens carry.
 pub const META_PUBLIC_ADDR: &str = "public_addr";
+/// Meta key of the mesh network, recorded by `serve` and fixed once nodes exist.
+pub const META_NETWORK: &str = "network";
 
 /// What the store keeps of a secret.
 pub fn hash_secret(secret: &[u8; 32]) -> [u8; 32] {
@@ -148,6 +150,15 @@ pub fn recorded_public_addr(store: &dyn Store) -> Result<CoordinatorAddr> {
         .context("the coordinator has not been started in this data directory yet; run `warren-coordinator serve` once first")?;
     raw.parse()
         .with_context(|| format!("stored public address {raw:?} is invalid"))
+}
+
+/// The mesh network `serve` recorded in this store.
+pub fn recorded_network(store: &dyn Store) -> Result<MeshNetwork> {
+    let raw = store
+        .meta(META_NETWORK)?
+        .context("the coordinator has not been started in this data directory yet; run `warren-coordinator serve` once first")?;
+    raw.parse()
+        .with_context(|| format!("stored network {raw:?} is invalid"))
 }
 
 /// Current time as Unix seconds.

@@ -31,10 +31,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use warren_cli::logging::LogFormat;
-use warren_proto::ids::MeshNetwork;
+use warren_proto::ids::{MeshIp, MeshNetwork};
 use warren_proto::token::CoordinatorAddr;
 
 use crate::datadir::DataDir;
+use crate::store::NodeName;
 
 /// Warren coordinator: registers nodes, introduces them to each other, serves the HTTP API.
 #[derive(Parser)]
@@ -80,6 +81,24 @@ struct CreateArgs {
     /// How long the invite stays valid, e.g. 30m, 1h, 7d (default: until used).
     #[arg(long, value_parser = parse_duration)]
     expires: Option<Duration>,
+    /// Fixed name for the node that redeems this invite (one-use invites only).
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    name: Option<NodeName>,
+    /// Fixed mesh address for the node that redeems this invite (one-use invites only).
+    #[arg(long, value_name = "ADDR", value_parser = parse_mesh_ip)]
+    ip: Option<MeshIp>,
+}
+
+/// Parses `invite create --name`.
+fn parse_node_name(s: &str) -> Result<NodeName, String> {
+    NodeName::parse(s).map_err(|e| e.to_string())
+}
+
+/// Parses `invite create --ip`.
+fn parse_mesh_ip(s: &str) -> Result<MeshIp, String> {
+    s.parse()
+        .map(MeshIp)
+        .map_err(|_| format!("{s:?} is not an IPv4 address (e.g. 100.80.0.10)"))
 }
 
 /// Parses `--expires` values.
@@ -130,12 +149,19 @@ fn invite_create(args: CreateArgs) -> Result<()> {
     let identity = dir.identity()?;
     let store = dir.store()?;
     let addr = invite::recorded_public_addr(&store)?;
-    let token = invite::create(
+    let network = invite::recorded_network(&store)?;
+    let options = invite::InviteOptions {
+        uses: args.uses,
+        expires: args.expires,
+        name: args.name,
+        ip: args.ip,
+    };
+    let (_, token) = invite::create_with(
         &store,
         addr,
         identity.fingerprint,
-        args.uses,
-        args.expires,
+        network,
+        &options,
         invite::unix_now(),
     )
     .context("creating the invite")?;

@@ -12,13 +12,11 @@ use warren_proto::token::CoordinatorAddr;
 
 use crate::config::ServeSettings;
 use crate::datadir::DataDir;
-use crate::invite::{self, META_PUBLIC_ADDR};
+use crate::invite::{self, META_NETWORK, META_PUBLIC_ADDR};
 use crate::mesh::Mesh;
 use crate::relay::RelayLimits;
 use crate::store::Store;
 
-/// Meta key of the mesh network, fixed once nodes exist.
-const META_NETWORK: &str = "network";
 /// Meta key recording when the first-start join command was printed (Unix seconds).
 const META_BOOTSTRAPPED: &str = "bootstrapped_at";
 

@@ -188,13 +188,33 @@ fn serve_invite_api_and_restart() {
     assert_ne!(second.secret, first.secret);
     assert_eq!(second.addrs, first.addrs);
 
-    // The API sees both invites, and only with the admin token.
+    // An invite with a fixed name and address; the same name again, or an address outside the
+    // mesh network, is refused with one line.
+    let fixed = |name: &str, ip: &str| {
+        Command::new(BIN)
+            .args(["invite", "create", "--name", name, "--ip", ip, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = fixed("db", "100.80.0.10");
+    assert!(out.status.success(), "{out:?}");
+    for (name, ip) in [("db", "100.80.0.11"), ("web", "10.9.9.9")] {
+        let out = fixed(name, ip);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{name} {ip}: {err}");
+        assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+    }
+
+    // The API sees the three invites, and only with the admin token.
     let token = std::fs::read_to_string(dir.join("admin.token")).unwrap();
     let (status, body) = get(&http, "/v1/invites", Some(token.trim()));
     assert_eq!(status, 200, "{body}");
     let invites: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(invites.as_array().unwrap().len(), 2);
-    assert_eq!(invites[0]["uses_left"], 2);
+    assert_eq!(invites.as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(invites[0]["name"], "db", "{body}");
+    assert_eq!(invites[0]["ip"], "100.80.0.10", "{body}");
+    assert_eq!(invites[1]["uses_left"], 2);
     assert_eq!(get(&http, "/v1/health", None).0, 401);
     let (status, body) = get(&http, "/v1/health", Some(token.trim()));
     assert_eq!(status, 200, "{body}");
@@ -223,6 +243,8 @@ fn bad_values_are_refused() {
     for args in [
         &["invite", "create", "--expires", "soon"][..],
         &["invite", "create", "--uses", "0"],
+        &["invite", "create", "--name", "not a name!"],
+        &["invite", "create", "--ip", "nope"],
         &["serve", "--network", "10.0.0.0/99"],
         &["serve", "--listen", "nowhere"],
         &["serve", "--relay-rate-mbit", "0"],
