@@ -203,7 +203,10 @@ fn serve_invite_api_and_restart() {
         let out = fixed(name, ip);
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(!out.status.success(), "{name} {ip}: {err}");
-        assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+        assert!(
+            err.starts_with("error: ") && err.lines().count() == 1,
+            "{err}"
+        );
     }
 
     // The API sees the three invites, and only with the admin token.
