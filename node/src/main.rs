@@ -20,7 +20,6 @@ mod daemon;
 mod dataio;
 mod error;
 mod metrics;
-mod notify;
 mod run;
 mod socket;
 mod state;

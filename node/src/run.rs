@@ -23,7 +23,6 @@ use crate::config::{self, JoinArgs, JoinSettings, UpSettings};
 use crate::control::{self, CandidateSource, Coordinator, Credential, Session};
 use crate::daemon::{Daemon, Exit, Io};
 use crate::error::NodeError;
-use crate::notify;
 use crate::socket::{self, QuicInbox};
 use crate::state::{self, Pending, SavedState};
 use crate::status;
@@ -303,10 +302,10 @@ async fn run_daemon(
     let daemon = Daemon::new(dir, &saved, key, io, source).context("setting up the data socket")?;
     tracing::info!(ip = %saved.mesh_ip, network = %saved.network, tun = %saved.tun,
         port = saved.port, name = %saved.name, "ready");
-    notify::notify("READY=1");
+    warren_cli::systemd::notify("READY=1");
     let exit = daemon.run(stop).await;
     tracing::info!(reason = ?exit, "shutting down");
-    notify::notify("STOPPING=1");
+    warren_cli::systemd::notify("STOPPING=1");
     // The daemon (and with it the control client's outbox) is dropped: the client closes the
     // connection and returns.
     let control_result = match tokio::time::timeout(CLOSE_GRACE, control_task).await {
