@@ -235,11 +235,28 @@ pub fn ping_rtts(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<Vec<f64>> {
 /// RTT samples (sorted, ms) of [`ping_rtts`] taken while one TCP stream from `from` to
 /// `to` runs (iperf3 server on `to`:`port`); the stream gets [`LOAD_WARMUP`] first and outlasts
 /// the pings.
-pub fn ping_under_load(lab: &Lab, from: &Host, to: Ipv4Addr, port: u16) -> Result<Vec<f64>> {
+/// `queues` are the namespaces whose UDP socket queues are sampled once during the pings; the
+/// samples come back with the RTTs.
+pub fn ping_under_load(
+    lab: &Lab,
+    from: &Host,
+    to: Ipv4Addr,
+    port: u16,
+    queues: &[&Host],
+) -> Result<(Vec<f64>, String)> {
     std::thread::scope(|s| {
         let stream = s.spawn(|| tcp(lab, from, to, port, false, 1));
         std::thread::sleep(LOAD_WARMUP);
+        let sampler = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            queues
+                .iter()
+                .map(|h| format!("{}: {}", h.ns, udp_queues(lab, h)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
         let pings = ping_rtts(lab, from, to);
+        let sampled = sampler.join().unwrap_or_default();
         let transfer = stream
             .join()
             .map_err(|_| anyhow::anyhow!("the load stream's thread panicked"))?;
@@ -247,8 +264,30 @@ pub fn ping_under_load(lab: &Lab, from: &Host, to: Ipv4Addr, port: u16) -> Resul
         if transfer.bps <= 0.0 {
             bail!("the TCP stream under the pings moved nothing");
         }
-        pings
+        Ok((pings?, sampled))
     })
+}
+
+/// The UDP sockets of `host`'s namespace with bytes queued: `port recv-q/send-q` (`ss -uan`).
+fn udp_queues(lab: &Lab, host: &Host) -> String {
+    let Ok(out) = lab.exec(&host.ns, &["ss", "-uanH"], Duration::from_secs(5)) else {
+        return "ss failed".into();
+    };
+    let busy: Vec<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (rq, sq) = (f.get(1)?, f.get(2)?);
+            let port = f.get(3)?.rsplit(':').next()?;
+            (*rq != "0" || *sq != "0").then(|| format!("port {port} recv-q {rq} send-q {sq}"))
+        })
+        .collect();
+    if busy.is_empty() {
+        "no UDP bytes queued".into()
+    } else {
+        busy.join(", ")
+    }
 }
 
 /// The median of sorted samples.

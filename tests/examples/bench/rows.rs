@@ -34,9 +34,10 @@ pub fn add(
                     .join(", ")
             )),
             Ok(m) => table.note(format!(
-                "{} {name}: UDP steps {}",
+                "{} {name}: UDP steps {}; UDP queues under the loaded pings: {}",
                 pair.path,
-                steps(&m.udp_steps)
+                steps(&m.udp_steps),
+                m.load_queues
             )),
         }
         if let Ok(Metrics {
@@ -220,8 +221,10 @@ pub fn add_aes(
     };
     if let Some(m) = &w {
         table.note(format!(
-            "{p} warren: UDP steps {} (offered Mbit/s, loss)",
-            steps(&m.udp_steps)
+            "{p} warren: UDP steps {} (offered Mbit/s, loss); UDP queues under the loaded \
+             pings: {}",
+            steps(&m.udp_steps),
+            m.load_queues
         ));
         if let Some(top) = &m.perf {
             table

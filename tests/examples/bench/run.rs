@@ -77,6 +77,8 @@ pub struct Metrics {
     pub load_rtt_ms: f64,
     /// Highest of those pings, ms.
     pub load_rtt_max_ms: f64,
+    /// UDP socket queues of both node namespaces sampled during those pings.
+    pub load_queues: String,
     /// CPU seconds of both daemons per GB moved (one stream A -> B).
     pub cpu_per_gb: f64,
     /// CPU seconds of the relay process per GB moved (same transfer).
@@ -463,7 +465,9 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         m.rss_load = [usage4.peak_rss[0], usage4.peak_rss[1]];
         (m.udp, m.udp_steps) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
         m.rtt_ms = measure::median(&measure::ping_rtts(lab, &pair.a, t.b_ip)?);
-        let loaded = measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT)?;
+        let (loaded, queues) =
+            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &[&pair.a, &pair.b])?;
+        m.load_queues = queues;
         m.load_rtt_ms = measure::median(&loaded);
         m.load_rtt_max_ms = loaded.last().copied().unwrap_or(f64::NAN);
         Ok(m)
