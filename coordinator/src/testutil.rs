@@ -170,6 +170,15 @@ impl Client {
         }
     }
 
+    /// Waits for a PeerRemoved and returns the node it names.
+    pub async fn wait_removed(&mut self) -> Option<warren_proto::ids::NodeId> {
+        self.wait_for(|m| match m {
+            CoordMessage::PeerRemoved { node_id } => Some(node_id),
+            _ => None,
+        })
+        .await
+    }
+
     /// Sends Hello with this build's version and returns the Challenge's ephemeral key and
     /// nonce (panics on anything else: a test failure).
     pub async fn hello(
@@ -220,4 +229,18 @@ impl Client {
             .unwrap();
         b
     }
+}
+
+/// Panics unless `w` is the coordinator refusing an unregistered (e.g. removed) node.
+pub fn assert_not_registered(w: &CoordMessage) {
+    assert!(
+        matches!(
+            w,
+            CoordMessage::Error {
+                code: warren_proto::control::ErrorCode::NotRegistered,
+                ..
+            }
+        ),
+        "expected NotRegistered, got {w:?}"
+    );
 }

@@ -217,24 +217,10 @@ async fn removal_through_the_api_cuts_the_node_off() {
         call(&mesh, "DELETE", &uri, Some(TOKEN), "").await.0,
         StatusCode::NO_CONTENT
     );
-    let gone = a
-        .wait_for(|m| match m {
-            CoordMessage::PeerRemoved { node_id } => Some(node_id),
-            _ => None,
-        })
-        .await;
+    let gone = a.wait_removed().await;
     assert_eq!(gone, Some(nb.node_id));
     let (_b2, w) = login(addr, &mesh, &kb).await;
-    assert!(
-        matches!(
-            w,
-            CoordMessage::Error {
-                code: ErrorCode::NotRegistered,
-                ..
-            }
-        ),
-        "{w:?}"
-    );
+    assert_not_registered(&w);
     assert_eq!(
         call(&mesh, "GET", &uri, Some(TOKEN), "").await.0,
         StatusCode::NOT_FOUND

@@ -24,7 +24,7 @@ use warren_proto::proof;
 
 use crate::invite;
 use crate::mesh::Mesh;
-use crate::testutil::{mesh, Client};
+use crate::testutil::{assert_not_registered, mesh, Client};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 

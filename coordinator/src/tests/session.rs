@@ -265,23 +265,9 @@ async fn rebinding_relogin_and_removal() {
     assert!(mesh.remove_node(na.node_id).await.unwrap());
     assert!(a.wait_for(|_| None::<()>).await.is_none());
     assert!(a.conn.close_reason().is_some());
-    let gone = b2
-        .wait_for(|m| match m {
-            CoordMessage::PeerRemoved { node_id } => Some(node_id),
-            _ => None,
-        })
-        .await;
+    let gone = b2.wait_removed().await;
     assert_eq!(gone, Some(na.node_id));
     let (_a2, w) = login(addr, &mesh, &ka).await;
-    assert!(
-        matches!(
-            w,
-            CoordMessage::Error {
-                code: ErrorCode::NotRegistered,
-                ..
-            }
-        ),
-        "{w:?}"
-    );
+    assert_not_registered(&w);
     assert_eq!(mesh.registry.online_count(), 1);
 }
