@@ -153,6 +153,54 @@ fn key_of(line: &str) -> Option<String> {
     bare.then(|| key.to_string())
 }
 
+/// Every key the file type `T` accepts, from serde's own "expected one of" list (so that a key
+/// added to `T` shows up without a second list to keep in step).
+pub fn known_keys<T: DeserializeOwned>() -> Vec<String> {
+    let message = match parse::<T>("zzz_not_a_key = 1\n") {
+        Ok(_) => return Vec::new(),
+        Err((_, _, message)) => message,
+    };
+    message
+        .split('`')
+        .skip(3)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks an example config file the way `deploy/` writes them (every key present, commented
+/// out as `# key = default`): the file parses as `T`, the file with those keys uncommented
+/// parses too (returned, for the caller to check the values), and no key of `T` is missing.
+pub fn check_example<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    parse::<T>(text).map_err(|(line, _, m)| format!("as written, line {line:?}: {m}"))?;
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if rest.contains(" = ") => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let all = parse::<T>(&uncommented)
+        .map_err(|(line, _, m)| format!("uncommented, line {line:?}: {m}"))?;
+    let keys = known_keys::<T>();
+    if keys.is_empty() {
+        return Err("no keys found in the file type".into());
+    }
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            !uncommented
+                .lines()
+                .any(|l| l.starts_with(&format!("{k} = ")))
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("keys not documented: {missing:?}"));
+    }
+    Ok(all)
+}
+
 /// `deserialize_with` for an optional value written as a string and parsed with its `FromStr`
 /// (socket addresses, CIDRs, cipher names), so that a file accepts exactly what the flag does.
 pub fn from_str_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -188,6 +236,22 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn example_files_are_checked() {
+        assert_eq!(known_keys::<File>(), ["name", "port", "listen"]);
+        let good = "# a comment\n# name = \"x\"\n# port = 1\n# listen = \"127.0.0.1:9\"\n";
+        let all: File = check_example(good).unwrap();
+        assert_eq!(all.port, Some(1));
+        let missing = "# name = \"x\"\n# port = 1\n";
+        assert!(check_example::<File>(missing)
+            .unwrap_err()
+            .contains("listen"));
+        let bad = "# name = \"x\"\n# port = \"one\"\n# listen = \"127.0.0.1:9\"\n";
+        assert!(check_example::<File>(bad)
+            .unwrap_err()
+            .contains("uncommented"));
     }
 
     #[test]
