@@ -21,6 +21,40 @@ use crate::socket::MAX_DATAGRAM;
 pub const MAX_GSO_BYTES: usize = 65_507;
 /// Bytes per receive slot: room for one GRO-coalesced burst (the kernel caps it at 64 KiB).
 const SLOT: usize = MAX_DATAGRAM;
+/// Slots per receive call. Everything one call returns is decrypted before any of it reaches
+/// TUN, so this bounds the delay a packet picks up behind a bulk transfer: 4 full GRO slots are
+/// 256 KiB, a few hundred microseconds of decryption. With quinn-udp's 32 (2 MiB) a ping
+/// behind a TCP stream waited 1.5-3.5 ms in the lab bench; bigger batches buy nothing here,
+/// since one slot already carries up to 64 KiB.
+const RECV_SLOTS: usize = if BATCH_SIZE < 4 { BATCH_SIZE } else { 4 };
+
+/// Receive buffer of the shared socket once the data path runs, bytes (the kernel doubles it
+/// for its bookkeeping). This queue sits in front of the receiving daemon's decryption, the
+/// bottleneck of a bulk transfer, and TCP fills whatever is there: with the 8 MiB asked for at
+/// bind time a stream kept 0.8-2.5 MB parked in it and a ping through the tunnel waited
+/// 3-4 ms (lab bench). 256 KiB still absorbs a burst of several milliseconds at a Gbit/s; a
+/// fuller queue drops like any router's, which is the signal TCP slows down on.
+pub const RECV_QUEUE: usize = 256 * 1024;
+
+/// Sets the socket's receive buffer to [`RECV_QUEUE`], past net.core.rmem_max when the
+/// process has CAP_NET_ADMIN (as `socket::bind` does for the larger one). Best effort.
+fn bound_recv_queue(io: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(RECV_QUEUE).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt(2) on a socket we hold, with a pointer to a live c_int and its size.
+    let set = |opt| unsafe {
+        libc::setsockopt(
+            io.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            std::ptr::from_ref(&size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot set the receive buffer");
+    }
+}
 
 /// Packets the IO shell dropped, by reason, since the process started. The engine counts what
 /// it drops itself ([`warren_proto::engine::DropCounters`]); these are the drops only the shell
@@ -74,19 +108,19 @@ pub struct DataIo {
     state: UdpSocketState,
 }
 
-/// Reusable receive buffers: [`BATCH_SIZE`] slots and their metadata.
+/// Reusable receive buffers: [`RECV_SLOTS`] slots and their metadata.
 pub struct RecvBufs {
-    /// `BATCH_SIZE * SLOT` bytes.
+    /// `RECV_SLOTS * SLOT` bytes.
     bytes: Vec<u8>,
     /// What each slot received.
-    meta: [RecvMeta; BATCH_SIZE],
+    meta: [RecvMeta; RECV_SLOTS],
 }
 
 impl Default for RecvBufs {
     fn default() -> Self {
         Self {
-            bytes: vec![0u8; BATCH_SIZE * SLOT],
-            meta: [RecvMeta::default(); BATCH_SIZE],
+            bytes: vec![0u8; RECV_SLOTS * SLOT],
+            meta: [RecvMeta::default(); RECV_SLOTS],
         }
     }
 }
@@ -112,9 +146,11 @@ impl RecvBufs {
 }
 
 impl DataIo {
-    /// Takes over the socket's receive side (enables GRO, packet info, no fragmentation).
+    /// Takes over the socket's receive side (enables GRO, packet info, no fragmentation) and
+    /// bounds its receive queue to [`RECV_QUEUE`].
     pub fn new(io: Arc<UdpSocket>) -> io::Result<Self> {
         let state = UdpSocketState::new((&*io).into())?;
+        bound_recv_queue(&io);
         Ok(Self { io, state })
     }
 
@@ -130,8 +166,8 @@ impl DataIo {
         self.io
             .async_io(Interest::READABLE, || {
                 let mut chunks = bytes.chunks_mut(SLOT);
-                let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
-                    IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots of SLOT bytes"))
+                let mut iovs: [IoSliceMut<'_>; RECV_SLOTS] = std::array::from_fn(|_| {
+                    IoSliceMut::new(chunks.next().expect("RECV_SLOTS slots of SLOT bytes"))
                 });
                 self.state.recv((&*self.io).into(), &mut iovs, meta)
             })
@@ -321,6 +357,10 @@ mod tests {
             DataIo::new(b.clone()).unwrap(),
         );
         let to = b.local_addr().unwrap();
+        // The receive queue is bounded once the data path owns the socket (the kernel doubles
+        // the size asked for).
+        let rcvbuf = socket2::SockRef::from(&*b).recv_buffer_size().unwrap();
+        assert!(rcvbuf <= 2 * RECV_QUEUE, "{rcvbuf}");
         let mut batch = GsoBatch::default();
         for i in 0..5u8 {
             let payload = vec![i; if i == 4 { 500 } else { 1200 }];
