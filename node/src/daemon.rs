@@ -398,6 +398,8 @@ impl Daemon {
     }
 
     /// Logs the control connection's datagram size when it changed (path MTU discovery).
+    /// Also logs, at debug, the control connection's path figures: a relay that is slow or
+    /// lossy shows here (congestion window, losses, datagrams each way).
     fn log_relay_size(&mut self) {
         let max = self
             .relay
@@ -408,6 +410,14 @@ impl Daemon {
             tracing::info!(max_datagram_size = ?max, dropped_too_large = self.relay_too_large,
                 "relay datagram size");
         }
+        let Some(conn) = &self.relay else {
+            return;
+        };
+        let s = conn.stats();
+        tracing::debug!(rtt = ?s.path.rtt, cwnd = s.path.cwnd, lost = s.path.lost_packets,
+            congestion_events = s.path.congestion_events, mtu = s.path.current_mtu,
+            datagrams_sent = s.frame_tx.datagram, datagrams_received = s.frame_rx.datagram,
+            "control connection");
     }
 
     /// Sends and clears the current GSO run.
