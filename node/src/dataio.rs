@@ -195,8 +195,17 @@ impl DataIo {
             })
             .await;
         if let Err(e) = &res {
-            ShellDrops::add(&SHELL_DROPS.udp_send_failed, batch.count as u64);
-            tracing::debug!(error = %e, %dst, datagrams = batch.count, "UDP send failed");
+            let before = SHELL_DROPS
+                .udp_send_failed
+                .fetch_add(batch.count as u64, Ordering::Relaxed);
+            let total = before + batch.count as u64;
+            // Logarithmically rate-limited: the first failure, then at each power of two.
+            if before.checked_ilog2() != total.checked_ilog2() {
+                tracing::warn!(error = %e, %dst, datagrams = batch.count, total,
+                    segment = batch.segment, "UDP send failed");
+            } else {
+                tracing::debug!(error = %e, %dst, datagrams = batch.count, "UDP send failed");
+            }
         }
         res
     }

@@ -26,6 +26,7 @@ mod perf;
 mod report;
 mod rows;
 mod run;
+mod setup;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

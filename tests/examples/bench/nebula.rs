@@ -18,7 +18,7 @@ use warren_lab::{Host, Lab, COORDINATOR_IP};
 /// First three octets of Nebula's overlay network in the lab.
 pub const OVERLAY_PREFIX: [u8; 3] = [192, 168, 200];
 /// Nebula's UDP port on every host (port-preserving `eim` NATs keep it; `sym` ones do not).
-const NEBULA_PORT: u16 = 4242;
+pub const NEBULA_PORT: u16 = 4242;
 /// Nebula's TUN device name (Warren's is `wrn0`).
 const TUN_NAME: &str = "neb0";
 /// Overlay MTU: the same as Warren's TUN (node/src/tun.rs `TUN_MTU`), so both carry packets of

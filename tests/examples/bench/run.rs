@@ -162,6 +162,9 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
             ],
             Duration::from_secs(5),
         )?;
+        for host in [&a, &b] {
+            crate::setup::isolate_overlays(lab, host, IPERF_PORT)?;
+        }
         pairs.push(Pair {
             path,
             expect,
@@ -173,7 +176,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
     let mut warren_ips = Vec::new();
     for n in &nodes {
         warren_ips.push(lab.wait_node_ready(n)?);
-        set_txqlen(lab, n, txqlen)?;
+        crate::setup::set_txqlen(lab, n, txqlen)?;
     }
     if let Some(q) = txqlen {
         table.note(format!(
@@ -271,7 +274,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
         let (na, nb) = (&nodes[0], &nodes[1]);
         for n in [na, nb] {
             wait_self_cipher(lab, n, "aes-256-gcm")?;
-            set_txqlen(lab, n, txqlen)?;
+            crate::setup::set_txqlen(lab, n, txqlen)?;
         }
         first_ping(lab, pair, warren_ips[1])?;
         wait_warren_path(lab, na, nb, pair)?;
@@ -307,20 +310,6 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
     Ok(table)
-}
-
-/// Sets the `txqueuelen` of `node`'s TUN device, when asked to.
-fn set_txqlen(lab: &Lab, node: &Node, txqlen: Option<u32>) -> Result<()> {
-    let Some(q) = txqlen else {
-        return Ok(());
-    };
-    let q = q.to_string();
-    let args = ["ip", "link", "set", "dev", "wrn0", "txqueuelen", q.as_str()];
-    let out = lab.exec(&node.host.ns, &args, Duration::from_secs(5))?;
-    if !out.success() {
-        bail!("{args:?} in {}: {}", node.name, out.stderr.trim());
-    }
-    Ok(())
 }
 
 /// Waits until `node`'s status shows `cipher` as its own (the coordinator's Welcome arrived).

@@ -1,0 +1,58 @@
+//! Adjustments the bench makes to the lab's node hosts: keeping Warren and Nebula from
+//! tunnelling through each other, and the `--txqlen` experiment knob.
+//!
+//! Bench layer.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use warren_lab::{Host, Lab, Node};
+
+/// Keeps the two systems from tunnelling through each other on a node host. Each advertises its
+/// local interface addresses as candidates, so without this Warren may probe its peer through
+/// Nebula's overlay (`neb0`; found as a "direct" path whose 1280-byte MTU then refuses Warren's
+/// full-size datagrams) and Nebula may run over Warren's (`wrn0`). Output filter in the host's
+/// namespace: Warren's UDP may not leave by `neb0` (iperf3's UDP on port 5201 may), Nebula's
+/// port may not leave by `wrn0`.
+pub fn isolate_overlays(lab: &Lab, host: &Host, iperf_port: u16) -> Result<()> {
+    let neb = crate::nebula::NEBULA_PORT.to_string();
+    let iperf = iperf_port.to_string();
+    let chain = "{ type filter hook output priority 0 ; }";
+    let rules: [&[&str]; 5] = [
+        &["nft", "add", "table", "ip", "benchiso"],
+        &["nft", "add", "chain", "ip", "benchiso", "out", chain],
+        &[
+            "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "neb0", "udp", "dport", "!=",
+            &iperf, "udp", "sport", "!=", &iperf, "drop",
+        ],
+        &[
+            "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "wrn0", "udp", "dport", &neb,
+            "drop",
+        ],
+        &[
+            "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "wrn0", "udp", "sport", &neb,
+            "drop",
+        ],
+    ];
+    for args in rules {
+        let out = lab.exec(&host.ns, args, Duration::from_secs(5))?;
+        if !out.success() {
+            bail!("{args:?} in {}: {}", host.ns, out.stderr.trim());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the `txqueuelen` of `node`'s TUN device, when asked to.
+pub fn set_txqlen(lab: &Lab, node: &Node, txqlen: Option<u32>) -> Result<()> {
+    let Some(q) = txqlen else {
+        return Ok(());
+    };
+    let q = q.to_string();
+    let args = ["ip", "link", "set", "dev", "wrn0", "txqueuelen", q.as_str()];
+    let out = lab.exec(&node.host.ns, &args, Duration::from_secs(5))?;
+    if !out.success() {
+        bail!("{args:?} in {}: {}", node.name, out.stderr.trim());
+    }
+    Ok(())
+}
