@@ -136,16 +136,36 @@ impl QuicInbox {
 }
 
 /// Before the engine exists (during `join`'s handshake), reads the socket and forwards only QUIC
-/// datagrams; anything else is dropped. Runs until aborted.
+/// datagrams; anything else is dropped. Runs until aborted. Reads through quinn-udp, like the
+/// daemon's data plane: [`QuicSocket`] turns on UDP GRO, after which one read may return
+/// several datagrams coalesced (split here at the reported stride).
 pub async fn pump_quic_only(io: Arc<UdpSocket>, inbox: QuicInbox) {
+    let state = match UdpSocketState::new((&*io).into()) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot prepare the UDP socket; QUIC gets no datagrams");
+            return;
+        }
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut meta = [RecvMeta::default()];
     loop {
-        match io.recv_from(&mut buf).await {
-            Ok((n, from)) => {
-                if route(&buf[..n]) == Route::Quic {
-                    inbox.forward(from, &buf[..n]);
+        let read = io
+            .async_io(Interest::READABLE, || {
+                state.recv((&*io).into(), &mut [IoSliceMut::new(&mut buf)], &mut meta)
+            })
+            .await;
+        match read {
+            Ok(n) if n > 0 => {
+                let [m] = meta;
+                let received = buf.get(..m.len).unwrap_or_default();
+                for datagram in received.chunks(m.stride.max(1)) {
+                    if route(datagram) == Route::Quic {
+                        inbox.forward(m.addr, datagram);
+                    }
                 }
             }
+            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
         }
     }
