@@ -257,14 +257,14 @@ pub fn ping_under_load(
         });
         let pings = ping_rtts(lab, from, to);
         let sampled = sampler.join().unwrap_or_default();
-        let transfer = stream
-            .join()
-            .map_err(|_| anyhow::anyhow!("the load stream's thread panicked"))?;
-        let transfer = transfer.context("the TCP stream under the pings")?;
-        if transfer.bps <= 0.0 {
-            bail!("the TCP stream under the pings moved nothing");
-        }
-        Ok((pings?, sampled))
+        // The load's own outcome is reported, not required: a stalled stream (Nebula's relay
+        // has done it) leaves idle-looking pings, which the note makes visible.
+        let load = match stream.join() {
+            Ok(Ok(t)) => format!("load stream {:.2} Gbit/s", t.bps / 1e9),
+            Ok(Err(e)) => format!("load stream failed: {e:#}"),
+            Err(_) => "load stream's thread panicked".to_string(),
+        };
+        Ok((pings?, format!("{load}; {sampled}")))
     })
 }
 

@@ -18,12 +18,22 @@ pub fn isolate_overlays(lab: &Lab, host: &Host, iperf_port: u16) -> Result<()> {
     let neb = crate::nebula::NEBULA_PORT.to_string();
     let iperf = iperf_port.to_string();
     let chain = "{ type filter hook output priority 0 ; }";
-    let rules: [&[&str]; 5] = [
+    // Accept rules first, then the drop: one rule with two `!=` port matches would be merged
+    // by nft into a single (sport, dport) comparison that drops iperf3's packets too.
+    let rules: [&[&str]; 7] = [
         &["nft", "add", "table", "ip", "benchiso"],
         &["nft", "add", "chain", "ip", "benchiso", "out", chain],
         &[
-            "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "neb0", "udp", "dport", "!=",
-            &iperf, "udp", "sport", "!=", &iperf, "drop",
+            "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "neb0", "udp", "dport",
+            &iperf, "accept",
+        ],
+        &[
+            "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "neb0", "udp", "sport",
+            &iperf, "accept",
+        ],
+        &[
+            "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "neb0", "meta", "l4proto",
+            "udp", "drop",
         ],
         &[
             "nft", "add", "rule", "ip", "benchiso", "out", "oifname", "wrn0", "udp", "dport", &neb,
