@@ -354,3 +354,34 @@ fn udp_blocked_is_the_reason_for_relayed_peers() {
     s.nodes[0].engine.set_udp_blocked(false);
     assert_ne!(s.status(0, 1).relay_reason, Some(RelayReason::UdpBlocked));
 }
+
+/// A direct path the local stack refuses full-size datagrams on (EMSGSIZE: it runs through
+/// another tunnel) is left for the relay at once and not taken again while held down, although
+/// probes keep passing it; afterwards it may be tried again.
+#[test]
+fn a_refused_direct_path_goes_to_the_relay_and_stays_held_down() {
+    use warren_proto::engine::REFUSED_HOLD_DOWN;
+    let mut s = relayed_pair(Some(NatKind::Eim), Some(NatKind::Eim), 211);
+    time_until(&mut s, 5 * SEC, |s| both(s, PathKind::Direct));
+    let dst = s.status(0, 1).endpoint.unwrap();
+    let now = s.now;
+    s.nodes[0].engine.send_refused(dst, now);
+    assert_eq!(s.status(0, 1).path, PathKind::Relay);
+    assert_eq!(s.status(0, 1).relay_reason, Some(RelayReason::DirectLost));
+    // Traffic keeps flowing (over the relay) and the refused address is not taken back,
+    // although the peer's packets and acks keep arriving from it.
+    let before = s.received_from(1, 0).len();
+    s.traffic_both_ways(0, 1, 100 * MS, REFUSED_HOLD_DOWN - 10 * SEC);
+    assert_eq!(s.status(0, 1).path, PathKind::Relay, "{:?}", s.status(0, 1));
+    assert_ne!(s.status(0, 1).endpoint, Some(dst));
+    assert!(
+        s.received_from(1, 0).len() > before + 400,
+        "traffic continued"
+    );
+    // After the hold-down the path proves itself again.
+    let t = time_until(&mut s, 60 * SEC, |s| {
+        s.status(0, 1).path == PathKind::Direct
+    });
+    assert!(t > Duration::ZERO);
+    assert_eq!(s.status(0, 1).endpoint, Some(dst));
+}

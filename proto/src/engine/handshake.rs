@@ -69,7 +69,7 @@ impl Peer {
     /// alive (a relayed packet says nothing about the direct path).
     fn authenticated_from(&mut self, source: Source, now: Instant) {
         if let Source::Udp(from) = source {
-            if self.endpoint != Some(from) {
+            if self.endpoint != Some(from) && !self.is_refused(from, now) {
                 debug!(peer = %self.id(), old = ?self.endpoint, new = %from, "endpoint updated");
                 self.endpoint = Some(from);
                 self.round = None;

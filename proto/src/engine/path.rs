@@ -26,7 +26,7 @@ use tracing::debug;
 
 use super::peer::Peer;
 use super::shared::Shared;
-use super::PathKind;
+use super::{Engine, PathKind};
 
 /// Spacing of verification probes to a confirmed but unproven direct address.
 pub const VERIFY_INTERVAL: Duration = Duration::from_millis(500);
@@ -339,6 +339,28 @@ impl Peer {
             base * (1u32 << self.failed_rounds.saturating_sub(1).min(2))
         } else {
             base
+        }
+    }
+}
+
+/// How long a direct address stays unused after the local stack refused datagrams to it as too
+/// large ([`Engine::send_refused`]); then it may be tried again (the route may have changed).
+pub const REFUSED_HOLD_DOWN: Duration = Duration::from_secs(60);
+
+impl Engine {
+    /// The shell could not send to `dst` because the local stack refused the datagram as too
+    /// large (`EMSGSIZE`): the route to `dst` has a smaller MTU than Warren's datagrams, e.g.
+    /// it runs through another tunnel whose address was offered as a candidate. Small probes
+    /// pass such a path, full-size data does not. Peers using `dst` leave it for the relay (or
+    /// punch again) and do not take it for [`REFUSED_HOLD_DOWN`].
+    pub fn send_refused(&mut self, dst: SocketAddr, now: Instant) {
+        for peer in self.peers.values_mut() {
+            if peer.endpoint == Some(dst) {
+                debug!(peer = %peer.id(), %dst, "datagrams to the direct path refused as too large");
+                peer.refused = Some((dst, now + REFUSED_HOLD_DOWN));
+                peer.demote(RelayReason::DirectLost, &mut self.shared, now);
+                peer.report_path(&mut self.shared);
+            }
         }
     }
 }

@@ -120,6 +120,9 @@ pub(crate) struct Peer {
     pub last_handshake: Option<Instant>,
     /// Handshakes completed (either role), for metrics.
     pub handshakes: u64,
+    /// A direct address the local stack refused to send full-size datagrams to, and until
+    /// when it is not taken as the endpoint (see `Engine::send_refused`).
+    pub refused: Option<(SocketAddr, Instant)>,
     /// Added to REKEY_AFTER_TIME for this peer (up to [`REKEY_JITTER_MAX`]), so that two
     /// initiators that keyed at the same moment do not rekey at the same moment again.
     pub rekey_jitter: Duration,
@@ -173,6 +176,7 @@ impl Peer {
             tx_bytes: 0,
             last_handshake: None,
             handshakes: 0,
+            refused: None,
             rekey_jitter,
         }
     }
@@ -229,6 +233,12 @@ impl Peer {
     /// Whether packets can be sent now.
     pub fn can_send(&self, now: Instant) -> bool {
         self.route().is_some() && self.current.as_ref().is_some_and(|s| !s.is_expired(now))
+    }
+
+    /// Whether `addr` is held down after the local stack refused datagrams to it.
+    pub fn is_refused(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.refused
+            .is_some_and(|(a, until)| a == addr && now < until)
     }
 
     /// Emits `PathChanged` if the path differs from the last reported one.

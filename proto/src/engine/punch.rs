@@ -186,6 +186,10 @@ impl Peer {
         let Some((addr, rtt)) = found else {
             return false;
         };
+        if self.is_refused(addr, now) {
+            debug!(peer = %self.id(), %addr, "ack from a held-down address ignored");
+            return true;
+        }
         debug!(peer = %self.id(), %addr, ?rtt, observed = %ack.observed, "path confirmed");
         let better = match (self.endpoint, self.rtt) {
             (None, _) => true,
