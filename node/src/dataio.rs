@@ -178,7 +178,7 @@ impl DataIo {
     /// Other errors drop the batch like any lost datagram: they are counted
     /// ([`ShellDrops::udp_send_failed`], per datagram), logged at debug, and returned.
     pub async fn send(&self, batch: &GsoBatch) -> io::Result<()> {
-        let Some(dst) = batch.dst else {
+        let Some(dst) = batch.dst() else {
             return Ok(());
         };
         let transmit = Transmit {
@@ -201,8 +201,9 @@ impl DataIo {
             let total = before + batch.count as u64;
             // Logarithmically rate-limited: the first failure, then at each power of two.
             if before.checked_ilog2() != total.checked_ilog2() {
+                let too_large = is_too_large(e);
                 tracing::warn!(error = %e, %dst, datagrams = batch.count, total,
-                    segment = batch.segment, "UDP send failed");
+                    segment = batch.segment, too_large, "UDP send failed");
             } else {
                 tracing::debug!(error = %e, %dst, datagrams = batch.count, "UDP send failed");
             }
@@ -243,7 +244,19 @@ impl Default for GsoBatch {
     }
 }
 
+/// Whether a send error means the local stack refused the datagrams as too large for the route
+/// (`EMSGSIZE`; the shared socket does not fragment): tell the engine with
+/// `Engine::send_refused(batch.dst())`, small probes pass such a path but data never will.
+pub fn is_too_large(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EMSGSIZE)
+}
+
 impl GsoBatch {
+    /// Destination of the run (`None` when empty).
+    pub fn dst(&self) -> Option<SocketAddr> {
+        self.dst
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.count == 0
@@ -335,8 +348,12 @@ mod tests {
         assert!(!b.push(addr(1), &[5; 40], 64), "run closed");
         assert_eq!((b.count, b.segment, b.contents().len()), (3, 100, 240));
         assert_eq!(&b.contents()[200..], &[4; 40][..]);
+        assert_eq!(b.dst(), Some(addr(1)));
         b.clear();
         assert!(b.is_empty());
+        assert_eq!(b.dst(), None);
+        assert!(is_too_large(&io::Error::from_raw_os_error(libc::EMSGSIZE)));
+        assert!(!is_too_large(&io::Error::from_raw_os_error(libc::EPERM)));
         assert!(b.push(addr(1), &[1; 10], 2));
         assert!(b.push(addr(1), &[1; 10], 2));
         assert!(!b.push(addr(1), &[1; 10], 2), "segment limit");
