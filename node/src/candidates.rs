@@ -4,7 +4,10 @@
 //! Only IPv4 addresses are reported because the data socket is bound to `0.0.0.0` (an IPv4
 //! socket cannot use an IPv6 candidate). Loopback, unspecified and link-local addresses, the TUN
 //! interface and anything inside the mesh network are left out: a peer could not reach this node
-//! through them, and mesh addresses would loop traffic into the tunnel.
+//! through them, and mesh addresses would loop traffic into the tunnel. So are point-to-point
+//! interfaces (other VPNs' TUN devices): a "direct" path through another overlay proves itself
+//! with a few probes, then collapses or crawls under bulk traffic (e.g. through that overlay's
+//! own relay), and traffic flaps between it and Warren's relay.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -17,6 +20,9 @@ pub struct IfAddr {
     pub name: String,
     /// The address.
     pub ip: IpAddr,
+    /// The interface is a point-to-point link (IFF_POINTOPOINT): a tunnel such as another
+    /// VPN's TUN device, not a LAN a peer could sit on.
+    pub point_to_point: bool,
 }
 
 /// Reads the interface addresses (getifaddrs(3)); an error yields no candidates.
@@ -27,6 +33,9 @@ pub fn interface_addrs() -> Vec<IfAddr> {
                 i.address.ip_addr().map(|ip| IfAddr {
                     name: i.name.clone(),
                     ip,
+                    point_to_point: i
+                        .flags
+                        .contains(getifaddrs::InterfaceFlags::POINTTOPOINT),
                 })
             })
             .collect(),
@@ -41,7 +50,7 @@ pub fn interface_addrs() -> Vec<IfAddr> {
 pub fn select(addrs: &[IfAddr], tun: &str, mesh: MeshNetwork, port: u16) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = addrs
         .iter()
-        .filter(|a| a.name != tun)
+        .filter(|a| a.name != tun && !a.point_to_point)
         .filter_map(|a| match a.ip {
             IpAddr::V4(ip) if usable_v4(ip, mesh) => Some(SocketAddr::new(IpAddr::V4(ip), port)),
             _ => None,
@@ -76,6 +85,7 @@ mod tests {
         IfAddr {
             name: name.into(),
             ip: ip.parse().unwrap(),
+            point_to_point: name.starts_with("tun"),
         }
     }
 
@@ -92,6 +102,7 @@ mod tests {
             a("warren0", "100.80.0.7"),
             a("other", "100.80.0.9"),
             a("eth2", "192.168.1.20"),
+            a("tun7", "192.168.200.13"),
         ];
         let got = select(&addrs, "warren0", MeshNetwork::default(), 4000);
         assert_eq!(
