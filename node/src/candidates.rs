@@ -33,9 +33,7 @@ pub fn interface_addrs() -> Vec<IfAddr> {
                 i.address.ip_addr().map(|ip| IfAddr {
                     name: i.name.clone(),
                     ip,
-                    point_to_point: i
-                        .flags
-                        .contains(getifaddrs::InterfaceFlags::POINTTOPOINT),
+                    point_to_point: i.flags.contains(getifaddrs::InterfaceFlags::POINTTOPOINT),
                 })
             })
             .collect(),
