@@ -364,7 +364,7 @@ impl Daemon {
                         .find(|s| s.node_id == peer)
                         .and_then(|s| s.relay_reason)
                         .map(|r| r.to_string());
-                    tracing::info!(%peer, name, ?path, reason, "path changed");
+                    tracing::debug!(%peer, name, ?path, reason, "path changed");
                     self.paths_dirty = true;
                 }
             }
