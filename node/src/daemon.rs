@@ -27,7 +27,7 @@ use warren_proto::noise::CipherSuite;
 
 use crate::book::PeerBook;
 use crate::control::{CandidateSource, ControlEvent};
-use crate::dataio::{DataIo, GsoBatch, RecvBufs};
+use crate::dataio::{self, DataIo, GsoBatch, RecvBufs, ShellDrops, SHELL_DROPS};
 use crate::socket::{route, QuicInbox, Route};
 use crate::state::{self, SavedState};
 use crate::status::{path_report, Link, SelfStatus, StatusRequest};
@@ -263,7 +263,7 @@ impl Daemon {
         };
         if !self.batch.push_tail(dst, len, self.data.max_segments()) {
             if let Err(e) = self.data.send(&self.batch).await {
-                tracing::debug!(error = %e, "UDP send failed");
+                self.send_failed(&e);
             }
             self.batch.restart_with_tail(dst, len);
         }
@@ -390,6 +390,7 @@ impl Daemon {
             Ok(()) => {}
             Err(quinn::SendDatagramError::TooLarge) => {
                 self.relay_too_large += 1;
+                ShellDrops::add(&SHELL_DROPS.relay_too_large, 1);
                 tracing::debug!(peer = %t.peer, len, max = ?conn.max_datagram_size(),
                     dropped = self.relay_too_large, "relay datagram too large; dropped");
             }
@@ -423,9 +424,21 @@ impl Daemon {
     /// Sends and clears the current GSO run.
     async fn send_batch(&mut self) {
         if let Err(e) = self.data.send(&self.batch).await {
-            tracing::debug!(error = %e, "UDP send failed");
+            self.send_failed(&e);
         }
         self.batch.clear();
+    }
+
+    /// A failed send of the current run: if the local stack refuses its size (EMSGSIZE, e.g. a
+    /// "direct" path through another overlay with a smaller MTU), the engine moves that peer to
+    /// the relay and holds the path down instead of proving it again with small probes.
+    fn send_failed(&mut self, e: &std::io::Error) {
+        tracing::debug!(error = %e, "UDP send failed");
+        if dataio::is_too_large(e) {
+            if let Some(dst) = self.batch.dst() {
+                self.engine.send_refused(dst, Instant::now());
+            }
+        }
     }
 
     /// A control client event; peer list changes are saved for the next start.
