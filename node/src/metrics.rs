@@ -6,164 +6,47 @@
 //! [`render`] turns into metric families (per peer: path, online, bytes, RTT, handshakes, time
 //! since the last handshake; node-wide: drops by reason, coordinator link, carrier, cipher).
 //!
-//! The server speaks just enough HTTP for a scraper or `curl`: one request per connection
-//! (`Connection: close`), a bounded request head, a time limit per connection. It listens where
+//! axum serves it (the same HTTP stack as the coordinator's API). It listens where
 //! the operator put it (`--metrics ADDR`, loopback by default in the docs): the counters carry
 //! peer names and traffic volumes, not packet contents.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::status::{Carrier, Link, PathName, StatusReport, StatusRequest};
 
-/// Largest request head read, in bytes (request line and headers); scrapers send a few hundred.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time a client gets to send its request and take the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Content type of the Prometheus text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `GET /metrics` on `listener` until the task is dropped, asking the daemon for its
-/// status through `requests` once per scrape (503 when the daemon is gone).
+/// Serves `GET /metrics` (and `HEAD`) on `listener` until the task is dropped, asking the daemon
+/// for its status through `requests` once per scrape (503 when the daemon is gone). axum/hyper
+/// do the HTTP: other paths get 404, other methods 405 with `Allow`, malformed requests 400.
 pub async fn serve(listener: TcpListener, requests: mpsc::Sender<StatusRequest>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics accept failed");
-                // E.g. out of file descriptors: do not spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(IO_TIMEOUT, answer(stream, requests)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
-                Err(_) => tracing::debug!("metrics request timed out"),
-            }
-        });
+    if let Err(e) = axum::serve(listener, app(requests)).await {
+        tracing::warn!(error = %e, "metrics listener failed");
     }
 }
 
-/// What a request asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Request {
-    /// `GET /metrics` (`head`: `HEAD`, no body).
-    Metrics {
-        /// Whether the body is left out.
-        head: bool,
-    },
-    /// Another path.
-    NotFound,
-    /// Another method.
-    MethodNotAllowed,
-    /// Not an HTTP/1.x request line, or a head over [`MAX_HEAD`].
-    Bad,
+/// The metrics router.
+fn app(requests: mpsc::Sender<StatusRequest>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(requests)
 }
 
-/// Parses the request head (everything up to the blank line).
-fn parse(head: &[u8]) -> Request {
-    let Ok(text) = std::str::from_utf8(head) else {
-        return Request::Bad;
-    };
-    let line = text.lines().next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Request::Bad;
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return Request::Bad;
+/// `GET /metrics`.
+async fn scrape(State(requests): State<mpsc::Sender<StatusRequest>>) -> Response {
+    match report(&requests).await {
+        Some(r) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&r)).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "daemon stopped\n").into_response(),
     }
-    let path = target.split('?').next().unwrap_or_default();
-    let head = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Request::MethodNotAllowed,
-    };
-    if path == "/metrics" {
-        Request::Metrics { head }
-    } else {
-        Request::NotFound
-    }
-}
-
-/// Reads the request head: bytes up to and including the blank line, at most [`MAX_HEAD`].
-/// `None` when it is too long or the client closed early.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            if end > MAX_HEAD {
-                return Ok(None);
-            }
-            head.truncate(end);
-            return Ok(Some(head));
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(None);
-        }
-    }
-}
-
-/// Answers one connection.
-async fn answer(
-    mut stream: TcpStream,
-    requests: mpsc::Sender<StatusRequest>,
-) -> std::io::Result<()> {
-    let request = match read_head(&mut stream).await? {
-        Some(head) => parse(&head),
-        None => Request::Bad,
-    };
-    let (status, body, head_only) = match request {
-        Request::Metrics { head } => match report(&requests).await {
-            Some(r) => ("200 OK", render(&r), head),
-            None => ("503 Service Unavailable", "daemon stopped\n".into(), head),
-        },
-        Request::NotFound => ("404 Not Found", "try /metrics\n".into(), false),
-        Request::MethodNotAllowed => ("405 Method Not Allowed", "use GET\n".into(), false),
-        Request::Bad => ("400 Bad Request", "bad request\n".into(), false),
-    };
-    let allow = if status.starts_with("405") {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\
-         {allow}Connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
-    stream.write_all(&out).await?;
-    stream.shutdown().await?;
-    // Lingering close: read what the client still sends (e.g. the rest of an oversized head)
-    // until it closes, so that closing with unread data does not reset the answer away.
-    let mut sink = [0u8; 1024];
-    let mut left: usize = 64 * 1024;
-    while left > 0 {
-        match stream.read(&mut sink).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => left = left.saturating_sub(n),
-        }
-    }
-    Ok(())
 }
 
 /// Asks the daemon for its report; `None` when it is gone.
@@ -345,6 +228,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
+    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use warren_proto::control::PeerRecord;
@@ -509,12 +393,12 @@ mod tests {
     }
 
     async fn get(addr: std::net::SocketAddr, request: &str) -> (String, String) {
-        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         c.write_all(request.as_bytes()).await.unwrap();
         let mut all = String::new();
         c.read_to_string(&mut all).await.unwrap();
-        let (head, body) = all.split_once("\r\n\r\n").unwrap();
-        (head.to_string(), body.to_string())
+        let (head, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
+        (head.to_ascii_lowercase(), body.to_string())
     }
 
     #[tokio::test]
@@ -530,57 +414,49 @@ mod tests {
                 let _ = reply.send(report());
             }
         });
-        let (head, body) = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let close = "Connection: close\r\n\r\n";
+        let (head, body) = get(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
         assert!(
-            head.contains("Content-Type: text/plain; version=0.0.4"),
+            head.contains("content-type: text/plain; version=0.0.4"),
             "{head}"
         );
         assert!(
-            head.contains(&format!("Content-Length: {}", body.len())),
+            head.contains(&format!("content-length: {}", body.len())),
             "{head}"
         );
         assert_eq!(body, render(&report()));
-        let (head, body) = get(addr, "HEAD /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        let (head, body) = get(
+            addr,
+            &format!("HEAD /metrics?x=1 HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 200 ok"), "{head}");
         assert!(body.is_empty());
         daemon.await.unwrap();
-        let (head, _) = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.1 503"), "daemon gone: {head}");
-        let (head, _) = get(addr, "GET / HTTP/1.1\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
-        let (head, _) = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        let (head, _) = get(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 503"), "daemon gone: {head}");
+        let (head, _) = get(addr, &format!("GET / HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(head.starts_with("http/1.1 404"), "{head}");
+        let (head, _) = get(
+            addr,
+            &format!("POST /metrics HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
         assert!(
-            head.starts_with("HTTP/1.1 405") && head.contains("Allow: GET"),
+            head.starts_with("http/1.1 405") && head.contains("allow: get,head"),
             "{head}"
         );
         let (head, _) = get(addr, "hello\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
-        let huge = format!(
-            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
-            "a".repeat(MAX_HEAD)
-        );
-        let (head, _) = get(addr, &huge).await;
-        assert!(head.starts_with("HTTP/1.1 400"), "oversized head: {head}");
+        assert!(head.starts_with("http/1.1 400"), "{head}");
         server.abort();
-    }
-
-    #[test]
-    fn parses_request_lines() {
-        assert_eq!(
-            parse(b"GET /metrics HTTP/1.1"),
-            Request::Metrics { head: false }
-        );
-        assert_eq!(
-            parse(b"HEAD /metrics HTTP/1.1\r\nA: b"),
-            Request::Metrics { head: true }
-        );
-        assert_eq!(parse(b"GET /metricsx HTTP/1.1"), Request::NotFound);
-        assert_eq!(parse(b"PUT /metrics HTTP/1.1"), Request::MethodNotAllowed);
-        assert_eq!(parse(b"GET /metrics HTTP/2"), Request::Bad);
-        assert_eq!(parse(b"GET metrics HTTP/1.1"), Request::Bad);
-        assert_eq!(parse(b"GET  /metrics HTTP/1.1"), Request::Bad);
-        assert_eq!(parse(&[0xff, 0xfe]), Request::Bad);
-        assert_eq!(parse(b""), Request::Bad);
     }
 }
