@@ -3,10 +3,12 @@
 //! multi-line usage block and never a panic; `--help` and `--version` print to stdout and exit 0.
 //!
 //! Also shared by both binaries: config files ([`config`]), logging ([`logging`]), shutdown
-//! signals ([`shutdown`]) and systemd readiness ([`systemd`]).
+//! signals ([`shutdown`]), systemd readiness ([`systemd`]) and the Prometheus text format
+//! ([`prometheus`]).
 
 pub mod config;
 pub mod logging;
+pub mod prometheus;
 pub mod shutdown;
 pub mod systemd;
 

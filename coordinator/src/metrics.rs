@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use warren_cli::prometheus;
+
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -86,8 +88,7 @@ type Sample = (Vec<(&'static str, String)>, u64);
 
 /// Writes one metric family: HELP, TYPE, then its samples.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[Sample]) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+    prometheus::header(out, name, kind, help);
     for (labels, value) in samples {
         out.push_str(name);
         if !labels.is_empty() {
@@ -96,24 +97,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[Sampl
                 if i > 0 {
                     out.push(',');
                 }
-                let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+                let _ = write!(out, "{k}=\"{}\"", prometheus::escape_label(v));
             }
             out.push('}');
         }
         let _ = writeln!(out, " {value}");
     }
-}
-
-/// HELP text escaping: backslash and newline.
-fn escape_help(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// Label value escaping: backslash, double quote and newline.
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// A single unlabelled sample.

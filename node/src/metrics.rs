@@ -19,6 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use warren_cli::prometheus;
 
 use crate::status::{Carrier, Link, PathName, StatusReport, StatusRequest};
 
@@ -56,26 +57,6 @@ async fn report(requests: &mpsc::Sender<StatusRequest>) -> Option<StatusReport> 
     rx.await.ok()
 }
 
-/// A label value with `\`, `"` and newlines escaped.
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Writes the HELP and TYPE lines of a metric family.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 /// The report as Prometheus text exposition.
 pub fn render(r: &StatusReport) -> String {
     let mut out = String::with_capacity(1024 + r.peers.len() * 1024);
@@ -86,15 +67,15 @@ pub fn render(r: &StatusReport) -> String {
             let id = p.node_id.map(|id| id.0.to_string()).unwrap_or_default();
             format!(
                 "peer=\"{}\",peer_id=\"{}\",peer_ip=\"{}\"",
-                escape(&p.name),
-                escape(&id),
+                prometheus::escape_label(&p.name),
+                prometheus::escape_label(&id),
                 p.ip
             )
         })
         .collect();
     let peers = || r.peers.iter().zip(&peer_labels);
 
-    family(
+    prometheus::header(
         &mut out,
         "warren_node_info",
         "gauge",
@@ -104,11 +85,11 @@ pub fn render(r: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "warren_node_info{{name=\"{}\",ip=\"{}\",node_id=\"{}\",cipher=\"{cipher}\"}} 1",
-        escape(&r.me.node.name),
+        prometheus::escape_label(&r.me.node.name),
         r.me.node.ip,
         r.me.node.node_id.0,
     );
-    family(
+    prometheus::header(
         &mut out,
         "warren_coordinator_connected",
         "gauge",
@@ -116,7 +97,7 @@ pub fn render(r: &StatusReport) -> String {
     );
     let up = u8::from(r.me.node.coordinator == Link::Connected);
     let _ = writeln!(out, "warren_coordinator_connected {up}");
-    family(
+    prometheus::header(
         &mut out,
         "warren_carrier",
         "gauge",
@@ -126,7 +107,7 @@ pub fn render(r: &StatusReport) -> String {
         let v = u8::from(r.me.node.carrier == c);
         let _ = writeln!(out, "warren_carrier{{carrier=\"{name}\"}} {v}");
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_dropped_packets_total",
         "counter",
@@ -136,17 +117,17 @@ pub fn render(r: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "warren_dropped_packets_total{{reason=\"{}\"}} {n}",
-            escape(reason)
+            prometheus::escape_label(reason)
         );
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_peers",
         "gauge",
         "Peers the coordinator lists in the mesh.",
     );
     let _ = writeln!(out, "warren_peers {}", r.peers.len());
-    family(
+    prometheus::header(
         &mut out,
         "warren_peer_path",
         "gauge",
@@ -162,7 +143,7 @@ pub fn render(r: &StatusReport) -> String {
             let _ = writeln!(out, "warren_peer_path{{{l},path=\"{name}\"}} {v}");
         }
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_peer_online",
         "gauge",
@@ -171,7 +152,7 @@ pub fn render(r: &StatusReport) -> String {
     for (p, l) in peers() {
         let _ = writeln!(out, "warren_peer_online{{{l}}} {}", u8::from(p.online));
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_peer_rx_bytes_total",
         "counter",
@@ -180,7 +161,7 @@ pub fn render(r: &StatusReport) -> String {
     for (p, l) in peers() {
         let _ = writeln!(out, "warren_peer_rx_bytes_total{{{l}}} {}", p.rx_bytes);
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_peer_tx_bytes_total",
         "counter",
@@ -189,7 +170,7 @@ pub fn render(r: &StatusReport) -> String {
     for (p, l) in peers() {
         let _ = writeln!(out, "warren_peer_tx_bytes_total{{{l}}} {}", p.tx_bytes);
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_peer_rtt_seconds",
         "gauge",
@@ -200,7 +181,7 @@ pub fn render(r: &StatusReport) -> String {
             let _ = writeln!(out, "warren_peer_rtt_seconds{{{l}}} {}", ms / 1e3);
         }
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_peer_handshakes_total",
         "counter",
@@ -209,7 +190,7 @@ pub fn render(r: &StatusReport) -> String {
     for (p, l) in peers() {
         let _ = writeln!(out, "warren_peer_handshakes_total{{{l}}} {}", p.handshakes);
     }
-    family(
+    prometheus::header(
         &mut out,
         "warren_peer_last_handshake_seconds",
         "gauge",
