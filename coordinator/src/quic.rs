@@ -83,26 +83,7 @@ pub fn endpoint_with_tunnels(
 /// options to that maximum (raise it with sysctl for heavy relaying). Best effort either way:
 /// a small buffer only costs throughput.
 fn grow_buffers(socket: &std::net::UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size = libc::c_int::try_from(SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // SAFETY: setsockopt(2) on a socket we own, with a pointer to a live c_int and its size.
-        let set = |opt| unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                std::ptr::from_ref(&size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set(force) != 0 && set(plain) != 0 {
-            tracing::debug!(opt = plain, "cannot size the QUIC socket buffer");
-        }
-    }
+    warren_cli::sockbuf::set_buffers(socket, SOCKET_BUFFER);
 }
 
 /// Accepts node connections until the endpoint closes.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use warren_cli::sockbuf;
 
 use crate::socket::MAX_DATAGRAM;
 
@@ -39,21 +40,7 @@ pub const RECV_QUEUE: usize = 256 * 1024;
 /// Sets the socket's receive buffer to [`RECV_QUEUE`], past net.core.rmem_max when the
 /// process has CAP_NET_ADMIN (as `socket::bind` does for the larger one). Best effort.
 fn bound_recv_queue(io: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size = libc::c_int::try_from(RECV_QUEUE).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt(2) on a socket we hold, with a pointer to a live c_int and its size.
-    let set = |opt| unsafe {
-        libc::setsockopt(
-            io.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            std::ptr::from_ref(&size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "cannot set the receive buffer");
-    }
+    sockbuf::set_buffer(io, sockbuf::Buffer::Recv, RECV_QUEUE);
 }
 
 /// Packets the IO shell dropped, by reason, since the process started. The engine counts what

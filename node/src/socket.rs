@@ -76,26 +76,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
 /// TUN anyway) the `*BUFFORCE` options go past net.core.{r,w}mem_max, which defaults to 208 KiB
 /// and otherwise drops bursts; without it the clamped size is used. Best effort either way.
 fn grow_buffers(sock: &socket2::Socket) {
-    use std::os::fd::AsRawFd;
-    let size = libc::c_int::try_from(SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // SAFETY: setsockopt(2) on a socket we own, with a pointer to a live c_int and its size.
-        let set = |opt| unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                std::ptr::from_ref(&size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set(force) != 0 {
-            let _ = set(plain);
-        }
-    }
+    warren_cli::sockbuf::set_buffers(sock, SOCKET_BUFFER);
 }
 
 /// The way from the demultiplexer into quinn, admitting only the coordinator's addresses.
