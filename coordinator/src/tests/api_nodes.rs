@@ -16,21 +16,9 @@ async fn upsert_of(
 
 #[tokio::test]
 async fn rename_reaches_the_other_nodes_at_once_and_sticks() {
-    let (_d, mesh, identity) = mesh();
-    let addr = start(&mesh, &identity);
-    let secret = new_invite(&mesh, 2);
-    let (ka, kb) = (
-        PrivateKey::from_random([1; 32]),
-        PrivateKey::from_random([2; 32]),
-    );
-    let (mut a, wa) = join(addr, &mesh, &ka, secret, "a").await;
-    let CoordMessage::Welcome { node: na, .. } = wa else {
-        panic!("{wa:?}")
-    };
-    let (mut b, wb) = join(addr, &mesh, &kb, secret, "b").await;
-    let CoordMessage::Welcome { node: nb, .. } = wb else {
-        panic!("{wb:?}")
-    };
+    let (_d, mesh, addr, a, b) = two_joined([1, 2]).await;
+    let (mut a, na) = (a.c, a.rec);
+    let (mut b, kb, nb) = (b.c, b.key, b.rec);
     upsert_of(&mut a, nb.node_id).await.expect("A hears B");
 
     let uri = format!("/v1/nodes/{}", nb.node_id.0);
@@ -197,18 +185,9 @@ async fn fixed_name_and_address_invites_over_the_api_and_a_real_join() {
 
 #[tokio::test]
 async fn removal_through_the_api_cuts_the_node_off() {
-    let (_d, mesh, identity) = mesh();
-    let addr = start(&mesh, &identity);
-    let secret = new_invite(&mesh, 2);
-    let (ka, kb) = (
-        PrivateKey::from_random([3; 32]),
-        PrivateKey::from_random([4; 32]),
-    );
-    let (mut a, _) = join(addr, &mesh, &ka, secret, "a").await;
-    let (_b, wb) = join(addr, &mesh, &kb, secret, "b").await;
-    let CoordMessage::Welcome { node: nb, .. } = wb else {
-        panic!("{wb:?}")
-    };
+    let (_d, mesh, addr, a, b) = two_joined([3, 4]).await;
+    let mut a = a.c;
+    let (_b, kb, nb) = (b.c, b.key, b.rec);
     let (s, list) = call(&mesh, "GET", "/v1/nodes", Some(TOKEN), "").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2);

@@ -109,19 +109,9 @@ async fn bad_requests_get_clear_4xx() {
 #[tokio::test]
 async fn path_reports_show_in_peers() {
     use warren_proto::control::{PathInfo, PathState};
-    let (_d, mesh, identity) = mesh();
-    let addr = start(&mesh, &identity);
-    let secret = new_invite(&mesh, 2);
-    let (ka, kb) = (
-        PrivateKey::from_random([1; 32]),
-        PrivateKey::from_random([2; 32]),
-    );
-    let (mut a, wa) = join(addr, &mesh, &ka, secret, "a").await;
-    let (_b, wb) = join(addr, &mesh, &kb, secret, "b").await;
-    let (CoordMessage::Welcome { node: na, .. }, CoordMessage::Welcome { node: nb, .. }) = (wa, wb)
-    else {
-        panic!("both should join")
-    };
+    let (_d, mesh, _addr, a, b) = two_joined([1, 2]).await;
+    let (mut a, na) = (a.c, a.rec);
+    let (_b, nb) = (b.c, b.rec);
     a.send(&NodeMessage::PathReport {
         paths: vec![
             PathInfo {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
-use warren_proto::control::{CoordMessage, ErrorCode, NodeMessage};
+use warren_proto::control::{CoordMessage, ErrorCode, NodeMessage, PeerRecord};
 use warren_proto::ids::PrivateKey;
 use warren_proto::proof;
 
@@ -183,6 +183,44 @@ async fn login(
     c.send(&NodeMessage::Login { proof: p }).await;
     let reply = c.recv().await.expect("a reply to login");
     (c, reply)
+}
+
+/// A node joined to a test coordinator.
+struct Joined {
+    /// Its control client.
+    c: Client,
+    /// Its key (to log in again).
+    key: PrivateKey,
+    /// Its record, from the Welcome.
+    rec: PeerRecord,
+}
+
+/// A fresh coordinator on loopback with nodes named `a` and `b` joined through one two-use
+/// invite, their keys made from `seeds`.
+async fn two_joined(
+    seeds: [u8; 2],
+) -> (
+    crate::testutil::TempDir,
+    Arc<Mesh>,
+    std::net::SocketAddr,
+    Joined,
+    Joined,
+) {
+    let (dir, mesh, identity) = mesh();
+    let addr = start(&mesh, &identity);
+    let secret = new_invite(&mesh, 2);
+    let mut joined = Vec::new();
+    for (seed, name) in seeds.into_iter().zip(["a", "b"]) {
+        let key = PrivateKey::from_random([seed; 32]);
+        let (c, w) = join(addr, &mesh, &key, secret, name).await;
+        let CoordMessage::Welcome { node: rec, .. } = w else {
+            panic!("{name} should join: {w:?}")
+        };
+        joined.push(Joined { c, key, rec });
+    }
+    let b = joined.pop().expect("two joined");
+    let a = joined.pop().expect("two joined");
+    (dir, mesh, addr, a, b)
 }
 
 fn new_invite(mesh: &Arc<Mesh>, uses: u32) -> [u8; 32] {

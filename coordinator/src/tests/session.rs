@@ -204,21 +204,9 @@ async fn oversized_frame_is_refused_with_a_protocol_error() {
 
 #[tokio::test]
 async fn rebinding_relogin_and_removal() {
-    let (_d, mesh, identity) = mesh();
-    let addr = start(&mesh, &identity);
-    let secret = new_invite(&mesh, 2);
-    let (ka, kb) = (
-        PrivateKey::from_random([11; 32]),
-        PrivateKey::from_random([12; 32]),
-    );
-    let (mut a, wa) = join(addr, &mesh, &ka, secret, "a").await;
-    let CoordMessage::Welcome { node: na, .. } = wa else {
-        panic!("{wa:?}")
-    };
-    let (mut b, wb) = join(addr, &mesh, &kb, secret, "b").await;
-    let CoordMessage::Welcome { node: nb, .. } = wb else {
-        panic!("{wb:?}")
-    };
+    let (_d, mesh, addr, a, b) = two_joined([11, 12]).await;
+    let (mut a, ka, na) = (a.c, a.key, a.rec);
+    let (mut b, kb, nb) = (b.c, b.key, b.rec);
     let b_old = b.local;
     a.wait_for(|m| match m {
         CoordMessage::PeerUpsert { peer } if peer.node_id == nb.node_id => Some(()),
