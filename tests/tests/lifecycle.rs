@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use warren_lab::cmd::wait_for;
 use warren_lab::warren::CLI_TIMEOUT;
-use warren_lab::{Coordinator, Host, Lab, Node, SiteKind};
+use warren_lab::{Coordinator, Host, Lab, Node, Site, SiteKind};
 
 /// What a removed node says when it is refused (node/src/error.rs).
 const REMOVED_MESSAGE: &str = "not registered with the coordinator";
@@ -27,6 +27,8 @@ struct Pair {
     b: Node,
     ip_a: Ipv4Addr,
     ip_b: Ipv4Addr,
+    /// Alpha's site (the roaming test renumbers its router).
+    site_a: Site,
 }
 
 fn pair(lab: &mut Lab) -> Result<Pair> {
@@ -46,6 +48,7 @@ fn pair(lab: &mut Lab) -> Result<Pair> {
         b,
         ip_a,
         ip_b,
+        site_a: sa,
     })
 }
 
@@ -347,16 +350,14 @@ fn removed_node_is_cut_off() {
 #[test]
 fn node_behind_renumbered_nat_roams() {
     Lab::run_test("roaming", |lab| {
-        let coord = lab.start_coordinator()?;
-        let sa = lab.add_site(SiteKind::Eim)?;
-        let sb = lab.add_site(SiteKind::Eim)?;
-        let ta = lab.invite(&coord, &[])?;
-        let tb = lab.invite(&coord, &[])?;
-        let a = lab.join(&sa.hosts[0], &ta, "alpha", None)?;
-        let b = lab.join(&sb.hosts[0], &tb, "bravo", None)?;
-        let ip_a = lab.wait_node_ready(&a)?;
-        let ip_b = lab.wait_node_ready(&b)?;
-        wait_ping(lab, &a.host, ip_b, "alpha -> bravo")?;
+        let Pair {
+            coord,
+            a,
+            b,
+            ip_a,
+            ip_b,
+            site_a: sa,
+        } = pair(lab)?;
 
         let new_ip = Ipv4Addr::new(198, 51, 100, 77);
         lab.renumber_site(&sa, new_ip)?;
