@@ -155,22 +155,7 @@ async fn join_then_supervise_forwards_messages() {
         "reflexive is the shared socket's address"
     );
 
-    let (ev_tx, mut ev_rx) = mpsc::channel(8);
-    let (out_tx, out_rx) = mpsc::channel(8);
-    let source = CandidateSource {
-        tun: "warren-test".into(),
-        network: MeshNetwork::default(),
-        port: 4242,
-    };
-    let sup = tokio::spawn(supervise(
-        endpoint,
-        coord,
-        key,
-        Some(session),
-        source,
-        ev_tx,
-        out_rx,
-    ));
+    let (sup, mut ev_rx, out_tx) = spawn_supervisor(endpoint, coord, key, session);
     assert!(matches!(ev_rx.recv().await, Some(ControlEvent::Welcome(_))));
     // The connection for relay datagrams follows the Welcome.
     match ev_rx.recv().await {
@@ -343,22 +328,7 @@ async fn falls_back_to_tcp_when_udp_is_silent_and_ends_the_session_when_it_drops
     let max = session.conn.max_datagram_size().unwrap();
     assert!(max >= 1320, "max datagram size {max}");
 
-    let (ev_tx, mut ev_rx) = mpsc::channel(8);
-    let (out_tx, out_rx) = mpsc::channel(8);
-    let source = CandidateSource {
-        tun: "warren-test".into(),
-        network: MeshNetwork::default(),
-        port: 4242,
-    };
-    let sup = tokio::spawn(supervise(
-        endpoint,
-        coord,
-        key,
-        Some(session),
-        source,
-        ev_tx,
-        out_rx,
-    ));
+    let (sup, mut ev_rx, out_tx) = spawn_supervisor(endpoint, coord, key, session);
     assert!(matches!(ev_rx.recv().await, Some(ControlEvent::Welcome(_))));
     assert!(matches!(ev_rx.recv().await, Some(ControlEvent::Relay(_))));
     assert!(matches!(
@@ -390,4 +360,35 @@ fn backoff_doubles_to_thirty_seconds_with_jitter() {
             "{attempt}: {d:?}"
         );
     }
+}
+
+/// Runs [`supervise`] from an established `session`; returns its task, the events it sends and
+/// the sender of its outbox.
+fn spawn_supervisor(
+    endpoint: quinn::Endpoint,
+    coord: Coordinator,
+    key: PrivateKey,
+    session: Session,
+) -> (
+    tokio::task::JoinHandle<Result<(), NodeError>>,
+    mpsc::Receiver<ControlEvent>,
+    mpsc::Sender<NodeMessage>,
+) {
+    let (ev_tx, ev_rx) = mpsc::channel(8);
+    let (out_tx, out_rx) = mpsc::channel(8);
+    let source = CandidateSource {
+        tun: "warren-test".into(),
+        network: MeshNetwork::default(),
+        port: 4242,
+    };
+    let sup = tokio::spawn(supervise(
+        endpoint,
+        coord,
+        key,
+        Some(session),
+        source,
+        ev_tx,
+        out_rx,
+    ));
+    (sup, ev_rx, out_tx)
 }
