@@ -3,12 +3,13 @@
 //! multi-line usage block and never a panic; `--help` and `--version` print to stdout and exit 0.
 //!
 //! Also shared by both binaries: config files ([`config`]), logging ([`logging`]), shutdown
-//! signals ([`shutdown`]), systemd readiness ([`systemd`]), UDP socket buffers ([`sockbuf`]) and the Prometheus text format
+//! signals ([`shutdown`]), systemd readiness ([`systemd`]), UDP socket buffers ([`sockbuf`]), feeding quinn from a channel ([`quicfeed`]) and the Prometheus text format
 //! ([`prometheus`]).
 
 pub mod config;
 pub mod logging;
 pub mod prometheus;
+pub mod quicfeed;
 pub mod shutdown;
 pub mod sockbuf;
 pub mod systemd;

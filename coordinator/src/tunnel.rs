@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
+use warren_cli::quicfeed;
 
 /// The first 64 bits of every virtual address: `fd57:6172:7265:6e00::/64` (ULA, "Warren" in
 /// ASCII). The low 64 bits count tunnels.
@@ -183,46 +184,9 @@ impl MergedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<usize> {
-        let mut rx = match self.rx.lock() {
-            Ok(rx) => rx,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let slots = bufs.len().min(meta.len());
-        if slots == 0 {
-            return Poll::Pending;
-        }
-        match rx.poll_recv(cx) {
-            // Closed cannot happen (we hold `tunnels`, which holds the sender).
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(first)) => {
-                fill(&mut bufs[0], &mut meta[0], first);
-                let mut n = 1;
-                while n < slots {
-                    match rx.try_recv() {
-                        Ok(p) => {
-                            fill(&mut bufs[n], &mut meta[n], p);
-                            n += 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                Poll::Ready(n)
-            }
-        }
+        // Closed cannot happen (we hold `tunnels`, which holds the sender).
+        quicfeed::poll_channel(&self.rx, cx, bufs, meta, |p| p)
     }
-}
-
-/// Fills one receive slot (packets longer than the slot are cut; QUIC then drops them).
-fn fill(slot: &mut IoSliceMut<'_>, meta: &mut RecvMeta, (from, bytes): Packet) {
-    let n = bytes.len().min(slot.len());
-    slot[..n].copy_from_slice(&bytes[..n]);
-    *meta = RecvMeta {
-        addr: from,
-        len: n,
-        stride: n,
-        ecn: None,
-        dst_ip: None,
-    };
 }
 
 impl AsyncUdpSocket for MergedSocket {

@@ -23,6 +23,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use warren_cli::quicfeed;
 
 /// Socket buffer size asked of the kernel, in bytes; large buffers absorb bursts at multi-Gbit/s
 /// (the kernel caps it at net.core.{r,w}mem_max).
@@ -193,19 +194,6 @@ impl fmt::Debug for QuicSocket {
     }
 }
 
-/// Fills one receive slot from a queued datagram.
-fn fill(slot: &mut IoSliceMut<'_>, meta: &mut RecvMeta, (from, bytes): QuicDatagram) {
-    let n = bytes.len().min(slot.len());
-    slot[..n].copy_from_slice(&bytes[..n]);
-    *meta = RecvMeta {
-        addr: from,
-        len: n,
-        stride: n,
-        ecn: None,
-        dst_ip: None,
-    };
-}
-
 impl AsyncUdpSocket for QuicSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(WritablePoller {
@@ -233,32 +221,8 @@ impl AsyncUdpSocket for QuicSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut rx = match self.rx.lock() {
-            Ok(rx) => rx,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let slots = bufs.len().min(meta.len());
-        if slots == 0 {
-            return Poll::Ready(Ok(0));
-        }
-        match rx.poll_recv(cx) {
-            // Channel closed: the node is shutting down; quinn will be dropped shortly.
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(first)) => {
-                fill(&mut bufs[0], &mut meta[0], first);
-                let mut n = 1;
-                while n < slots {
-                    match rx.try_recv() {
-                        Ok(d) => {
-                            fill(&mut bufs[n], &mut meta[n], d);
-                            n += 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                Poll::Ready(Ok(n))
-            }
-        }
+        // A closed channel means the node is shutting down; quinn will be dropped shortly.
+        quicfeed::poll_channel(&self.rx, cx, bufs, meta, |d| d).map(Ok)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
+use warren_cli::quicfeed;
 
 use crate::error::NodeError;
 use crate::tls;
@@ -256,37 +257,9 @@ impl AsyncUdpSocket for TunnelSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut rx = match self.rx.lock() {
-            Ok(rx) => rx,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let slots = bufs.len().min(meta.len());
-        if slots == 0 {
-            return Poll::Ready(Ok(0));
-        }
-        let mut n = 0;
         // Closed: the tunnel ended and the endpoint is being closed.
-        if let Poll::Ready(Some(first)) = rx.poll_recv(cx) {
-            let mut next = Some(first);
-            while let Some(p) = next {
-                let len = p.len().min(bufs[n].len());
-                bufs[n][..len].copy_from_slice(&p[..len]);
-                meta[n] = RecvMeta {
-                    addr: self.peer,
-                    len,
-                    stride: len,
-                    ecn: None,
-                    dst_ip: None,
-                };
-                n += 1;
-                next = if n < slots { rx.try_recv().ok() } else { None };
-            }
-        }
-        if n == 0 {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(n))
-        }
+        let peer = self.peer;
+        quicfeed::poll_channel(&self.rx, cx, bufs, meta, |p| (peer, p)).map(Ok)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -1,0 +1,114 @@
+//! Feeding quinn datagrams that arrived somewhere other than its own socket (edge layer). The
+//! node's shared UDP socket (QUIC demultiplexed from the data plane), the node's TCP carrier
+//! and the coordinator's TCP carrier each queue QUIC datagrams on a tokio channel; their
+//! `AsyncUdpSocket::poll_recv` hands what is queued to quinn through [`poll_channel`].
+
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use quinn::udp::RecvMeta;
+use tokio::sync::mpsc;
+
+/// A datagram and where it came from.
+pub type Datagram = (SocketAddr, Vec<u8>);
+
+/// Moves queued datagrams into quinn's receive slots: waits (registering the waker) for the
+/// first, then takes what else is queued without waiting, up to the number of slots. Pending
+/// while the queue is empty or closed (a closed queue means the endpoint is going away).
+/// A datagram longer than its slot is cut; QUIC then drops it.
+pub fn poll_channel<T>(
+    rx: &Mutex<mpsc::Receiver<T>>,
+    cx: &mut Context<'_>,
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+    datagram: impl Fn(T) -> Datagram,
+) -> Poll<usize> {
+    let mut rx = match rx.lock() {
+        Ok(rx) => rx,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let slots = bufs.len().min(meta.len());
+    if slots == 0 {
+        return Poll::Ready(0);
+    }
+    let Poll::Ready(Some(first)) = rx.poll_recv(cx) else {
+        return Poll::Pending;
+    };
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(item) = next {
+        let (from, bytes) = datagram(item);
+        let len = bytes.len().min(bufs[n].len());
+        bufs[n][..len].copy_from_slice(&bytes[..len]);
+        meta[n] = RecvMeta {
+            addr: from,
+            len,
+            stride: len,
+            ecn: None,
+            dst_ip: None,
+        };
+        n += 1;
+        next = if n < slots { rx.try_recv().ok() } else { None };
+    }
+    Poll::Ready(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn meta() -> RecvMeta {
+        RecvMeta {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            len: 0,
+            stride: 0,
+            ecn: None,
+            dst_ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn drains_what_is_queued_up_to_the_slots() {
+        let (tx, rx) = mpsc::channel::<Datagram>(8);
+        let rx = Mutex::new(rx);
+        let from: SocketAddr = "192.0.2.1:7".parse().unwrap();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let mut metas = [meta(), meta()];
+        {
+            let mut bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)];
+            assert_eq!(
+                poll_channel(&rx, &mut cx, &mut bufs, &mut metas, |d| d),
+                Poll::Pending
+            );
+        }
+        for p in [&b"one"[..], b"second!", b"3"] {
+            tx.try_send((from, p.to_vec())).unwrap();
+        }
+        {
+            let mut bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)];
+            assert_eq!(
+                poll_channel(&rx, &mut cx, &mut bufs, &mut metas, |d| d),
+                Poll::Ready(2)
+            );
+        }
+        assert_eq!(&a[..3], b"one");
+        assert_eq!(&b, b"seco", "cut to the slot");
+        assert_eq!((metas[0].addr, metas[0].len, metas[1].len), (from, 3, 4));
+        let mut bufs = [IoSliceMut::new(&mut a)];
+        assert_eq!(
+            poll_channel(&rx, &mut cx, &mut bufs, &mut metas[..1], |d| d),
+            Poll::Ready(1)
+        );
+        drop(tx);
+        assert_eq!(
+            poll_channel(&rx, &mut cx, &mut bufs, &mut metas[..1], |d| d),
+            Poll::Pending,
+            "closed"
+        );
+    }
+}
