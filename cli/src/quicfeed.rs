@@ -1,7 +1,9 @@
 //! Feeding quinn datagrams that arrived somewhere other than its own socket (edge layer). The
 //! node's shared UDP socket (QUIC demultiplexed from the data plane), the node's TCP carrier
 //! and the coordinator's TCP carrier each queue QUIC datagrams on a tokio channel; their
-//! `AsyncUdpSocket::poll_recv` hands what is queued to quinn through [`poll_channel`].
+//! `AsyncUdpSocket::poll_recv` hands what is queued to quinn through [`poll_channel`]. The
+//! other way, both ends of the TCP carrier write quinn's datagrams as frames with
+//! [`write_frames`].
 
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use quinn::udp::RecvMeta;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
 /// A datagram and where it came from.
@@ -53,6 +56,29 @@ pub fn poll_channel<T>(
         next = if n < slots { rx.try_recv().ok() } else { None };
     }
     Poll::Ready(n)
+}
+
+/// Writes queued datagrams to a TCP carrier stream as frames (a big-endian u16 length, then
+/// the datagram), flushing whenever the queue runs empty. Returns when the queue closes or the
+/// stream fails. A datagram longer than a frame can say cannot be framed and is dropped (lost,
+/// like UDP); the senders keep theirs below `warren_proto::carrier::MAX_TCP_FRAME`.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut outbound: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut w = BufWriter::new(writer);
+    while let Some(packet) = outbound.recv().await {
+        let mut next = Some(packet);
+        while let Some(p) = next {
+            if let Ok(len) = u16::try_from(p.len()) {
+                w.write_u16(len).await?;
+                w.write_all(&p).await?;
+            }
+            next = outbound.try_recv().ok();
+        }
+        w.flush().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -110,5 +136,17 @@ mod tests {
             Poll::Pending,
             "closed"
         );
+    }
+
+    #[tokio::test]
+    async fn writes_length_prefixed_frames_and_drops_oversized_ones() {
+        let (tx, rx) = mpsc::channel(8);
+        for p in [b"ab".to_vec(), vec![0u8; 70_000], b"c".to_vec()] {
+            tx.try_send(p).unwrap();
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        write_frames(&mut out, rx).await.unwrap();
+        assert_eq!(out, [0, 2, b'a', b'b', 0, 1, b'c']);
     }
 }

@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
+use warren_cli::quicfeed;
 
 use crate::tunnel::{Registration, Tunnels};
 
@@ -121,30 +122,8 @@ async fn serve(
     };
     let res = tokio::select! {
         r = read => r,
-        r = write_frames(writer, outbound) => r.map_err(TunnelError::from),
+        r = quicfeed::write_frames(writer, outbound) => r.map_err(TunnelError::from),
     };
     tunnels.unregister(addr);
     res
-}
-
-/// Writes queued packets as frames, flushing whenever the queue runs empty. Returns when the
-/// queue closes (never while registered) or the stream fails.
-pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
-    writer: W,
-    mut outbound: tokio::sync::mpsc::Receiver<Vec<u8>>,
-) -> std::io::Result<()> {
-    let mut w = BufWriter::new(writer);
-    while let Some(packet) = outbound.recv().await {
-        let mut next = Some(packet);
-        while let Some(p) = next {
-            // Packets are UDP-sized; a longer one cannot be framed and is dropped (lost).
-            if let Ok(len) = u16::try_from(p.len()) {
-                w.write_u16(len).await?;
-                w.write_all(&p).await?;
-            }
-            next = outbound.try_recv().ok();
-        }
-        w.flush().await?;
-    }
-    Ok(())
 }

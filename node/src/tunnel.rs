@@ -21,7 +21,7 @@ use std::time::Duration;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -146,7 +146,7 @@ pub async fn open(
     });
     let closer = endpoint.clone();
     let write = tokio::spawn(async move {
-        if let Err(e) = write_frames(writer, out_rx).await {
+        if let Err(e) = quicfeed::write_frames(writer, out_rx).await {
             tracing::debug!(error = %e, "TCP carrier write failed");
         }
         closer.close(0u32.into(), b"tcp carrier closed");
@@ -185,27 +185,6 @@ pub async fn connect(
         }
         Err(_) => Err(unreachable("timed out".into())),
     }
-}
-
-/// Writes queued packets as frames, flushing whenever the queue runs empty.
-async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
-    writer: W,
-    mut outbound: mpsc::Receiver<Vec<u8>>,
-) -> io::Result<()> {
-    let mut w = BufWriter::new(writer);
-    while let Some(packet) = outbound.recv().await {
-        let mut next = Some(packet);
-        while let Some(p) = next {
-            // Longer than a frame can say: cannot happen with TUNNEL_MTU; dropped (lost).
-            if let Ok(len) = u16::try_from(p.len()) {
-                w.write_u16(len).await?;
-                w.write_all(&p).await?;
-            }
-            next = outbound.try_recv().ok();
-        }
-        w.flush().await?;
-    }
-    Ok(())
 }
 
 /// quinn's socket over the tunnel: every packet goes to (and comes from) the coordinator.

@@ -52,7 +52,7 @@ async fn tunnelled_endpoint(
     let reg = tunnels.register().unwrap();
     let coordinator = reg.addr;
     let (mut reader, writer) = tokio::io::split(stream);
-    tokio::spawn(crate::tcp::write_frames(writer, reg.outbound));
+    tokio::spawn(warren_cli::quicfeed::write_frames(writer, reg.outbound));
     tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Ok(len) = reader.read_u16().await {
