@@ -229,7 +229,8 @@ mod tests {
         assert_eq!(r.me.cipher, Some(CipherSuite::AesGcm));
         assert_eq!(r.dropped.get("malformed"), Some(&0));
         assert!(r.dropped.contains_key("tun_write_failed"));
-        assert_eq!(r.dropped.len(), 24, "engine and shell reasons");
+        assert_eq!(r.dropped.len(), 25, "engine and shell reasons");
+        assert!(r.dropped.contains_key("queue_delay"));
         book.disconnected();
         assert_eq!(
             book.report(&engine, now).me.node.coordinator,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use warren_proto::codel::{self, Codel};
 use warren_proto::control::NodeMessage;
 use warren_proto::engine::{Engine, EngineConfig, Event, RelayTransmit};
 use warren_proto::ids::{NodeId, PrivateKey};
@@ -77,6 +78,10 @@ pub struct Daemon {
     dir: PathBuf,
     /// Batched reads and GSO sends on the shared socket.
     data: DataIo,
+    /// AQM on the socket's receive queue: drops bulk datagrams that waited too long, before
+    /// they are decrypted, so a bulk transfer cannot park milliseconds of data in front of
+    /// everything else.
+    codel: Codel,
     /// The GSO run being assembled (fast-path seals and [`Daemon::flush`]).
     batch: GsoBatch,
     /// Where local candidates come from.
@@ -91,6 +96,15 @@ pub struct Daemon {
     relay_too_large: u64,
     /// A path changed (or the coordinator connection is new) since the last `PathReport`.
     paths_dirty: bool,
+}
+
+/// The receive queue as one batch of datagrams left it.
+#[derive(Debug, Clone, Copy)]
+struct Queue {
+    /// How long the batch's last datagram waited in the socket (None: no timestamp).
+    sojourn: Option<Duration>,
+    /// The read filled every slot, so more datagrams may be queued behind the batch.
+    backlogged: bool,
 }
 
 /// Why the daemon loop ended.
@@ -162,6 +176,7 @@ impl Daemon {
             relay_max: None,
             paths_dirty: false,
             relay_too_large: 0,
+            codel: Codel::default(),
         })
     }
 
@@ -202,28 +217,22 @@ impl Daemon {
                         self.engine.set_relay_available(false, Instant::now());
                     }
                 },
-                res = self.data.recv(&mut udp_bufs) => match res {
-                    Ok(n) => {
-                        let now = Instant::now();
-                        udp_bufs.for_each(n, |from, datagram| self.on_datagram(from, datagram, now));
-                        self.io.tun.write_queued();
+                res = self.data.recv(&mut udp_bufs) => {
+                    match res {
+                        Ok(n) => self.on_udp_batch(&udp_bufs, n),
+                        Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
-                },
+                    // Then whatever TUN has waiting, and vice versa below: when both
+                    // directions are busy each waits for at most one batch of the other,
+                    // instead of for as many as `select!`'s coin flips give it.
+                    self.on_tun_batch(0).await;
+                }
                 res = self.io.tun.recv() => match res {
                     Ok(n) => {
                         tun_errors = 0;
-                        let now = Instant::now();
-                        for i in 0..n {
-                            self.on_tun_packet(i, now).await;
-                        }
-                        let mut total = n;
-                        while total < TUN_BATCH {
-                            let Ok(n) = self.io.tun.try_recv() else { break };
-                            for i in 0..n {
-                                self.on_tun_packet(i, now).await;
-                            }
-                            total += n.max(1);
+                        self.on_tun_batch(n).await;
+                        if let Ok(n) = self.data.try_recv(&mut udp_bufs) {
+                            self.on_udp_batch(&udp_bufs, n);
                         }
                     }
                     Err(e) => {
@@ -251,6 +260,40 @@ impl Daemon {
                 }
             }
             self.flush().await;
+        }
+    }
+
+    /// A batch of `n` slots read from the shared socket: QUIC datagrams to quinn, the rest
+    /// through CoDel to the engine; decrypted packets to TUN.
+    fn on_udp_batch(&mut self, bufs: &RecvBufs, n: usize) {
+        let now = Instant::now();
+        let queue = Queue {
+            sojourn: self.data.sojourn(),
+            backlogged: DataIo::backlogged(n),
+        };
+        bufs.for_each(n, |from, datagram| {
+            self.on_datagram(from, datagram, queue, now)
+        });
+        self.io.tun.write_queued();
+    }
+
+    /// The `first` packets of the TUN read that woke the loop, then more from reads that do
+    /// not wait, up to [`TUN_BATCH`]; the GSO run is sent at the end.
+    async fn on_tun_batch(&mut self, first: usize) {
+        let now = Instant::now();
+        for i in 0..first {
+            self.on_tun_packet(i, now).await;
+        }
+        let mut total = first;
+        while total < TUN_BATCH {
+            let Ok(n) = self.io.tun.try_recv() else { break };
+            for i in 0..n {
+                self.on_tun_packet(i, now).await;
+            }
+            total += n.max(1);
+        }
+        if !self.batch.is_empty() {
+            self.send_batch().await;
         }
     }
 
@@ -314,11 +357,20 @@ impl Daemon {
         self.engine.network_changed(Instant::now());
     }
 
-    /// One datagram from the shared socket; a decrypted packet is queued for TUN.
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+    /// One datagram from the shared socket; a decrypted packet is queued for TUN. A bulk
+    /// datagram that CoDel drops (its batch waited too long in the receive queue) is not
+    /// decrypted.
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], queue: Queue, now: Instant) {
         match route(datagram) {
             Route::Quic => self.io.quic.forward(from, datagram),
             Route::Data => {
+                if let Some(sojourn) = queue.sojourn {
+                    if codel::is_bulk(datagram) && !self.codel.admit(sojourn, queue.backlogged, now)
+                    {
+                        ShellDrops::add(&SHELL_DROPS.queue_delay, 1);
+                        return;
+                    }
+                }
                 let slot = self.io.tun.slot();
                 if let Some(len) = self.engine.handle_datagram(from, datagram, slot, now) {
                     self.io.tun.commit(len);

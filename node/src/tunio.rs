@@ -64,10 +64,13 @@ impl TunIo {
             .await
     }
 
-    /// Non-blocking variant of [`TunIo::recv`].
+    /// Non-blocking variant of [`TunIo::recv`] (`WouldBlock` when nothing is queued). Reads
+    /// the device itself rather than through tokio's cached readiness, which a busy task
+    /// refreshes only when it yields: the point is to see packets that arrived while it was
+    /// busy with the other direction.
     pub fn try_recv(&mut self) -> io::Result<usize> {
-        self.dev
-            .try_recv_multiple(&mut self.raw, &mut self.split, &mut self.sizes, 0)
+        let dev: &tun_rs::DeviceImpl = &self.dev;
+        dev.recv_multiple(&mut self.raw, &mut self.split, &mut self.sizes, 0)
     }
 
     /// The `i`-th packet of the last read.

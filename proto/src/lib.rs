@@ -8,6 +8,7 @@
 //! `warren-coordinator`.
 
 pub mod carrier;
+pub mod codel;
 pub mod control;
 pub mod engine;
 pub mod ids;
