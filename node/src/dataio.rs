@@ -429,14 +429,20 @@ mod tests {
         assert_eq!((b.count, b.dst), (1, Some(addr(1))));
     }
 
-    #[tokio::test]
-    async fn gso_and_gro_round_trip_over_loopback() {
+    /// Two shared sockets on loopback with their data-plane sides: (a, b, a's, b's).
+    fn loopback_pair() -> (Arc<UdpSocket>, Arc<UdpSocket>, DataIo, DataIo) {
         let a = crate::socket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let b = crate::socket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let (tx, rx) = (
             DataIo::new(a.clone()).unwrap(),
             DataIo::new(b.clone()).unwrap(),
         );
+        (a, b, tx, rx)
+    }
+
+    #[tokio::test]
+    async fn gso_and_gro_round_trip_over_loopback() {
+        let (a, b, tx, rx) = loopback_pair();
         let to = b.local_addr().unwrap();
         // The receive queue is bounded once the data path owns the socket (the kernel doubles
         // the size asked for).
@@ -473,12 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn sojourn_is_the_wait_in_the_receive_queue() {
-        let a = crate::socket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let b = crate::socket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let (tx, rx) = (
-            DataIo::new(a.clone()).unwrap(),
-            DataIo::new(b.clone()).unwrap(),
-        );
+        let (_a, b, tx, rx) = loopback_pair();
         let to = b.local_addr().unwrap();
         let mut bufs = RecvBufs::default();
         let mut batch = GsoBatch::default();
