@@ -188,7 +188,11 @@ mod tests {
         // Then at interval / sqrt(count): the gaps shrink.
         let gaps: Vec<Duration> = drops.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.len() >= 8, "{drops:?}");
-        assert!(gaps.windows(2).all(|g| g[1] <= g[0]), "{gaps:?}");
+        // (Drops fall on the 0.1 ms packet grid, so a gap may exceed the one before by a tick.)
+        assert!(
+            gaps.windows(2).all(|g| g[1] <= g[0] + MS / 10),
+            "{gaps:?}"
+        );
         assert!(gaps[0] >= INTERVAL - MS / 10 && gaps[0] <= INTERVAL + MS / 10);
         let last = *gaps.last().expect("gaps");
         assert!(last < INTERVAL / 2, "{gaps:?}");
