@@ -20,12 +20,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use warren_proto::codel::{self, Codel};
+use warren_proto::codel;
 use warren_proto::control::NodeMessage;
 use warren_proto::engine::{Engine, EngineConfig, Event, RelayTransmit};
 use warren_proto::ids::{NodeId, PrivateKey};
 use warren_proto::noise::CipherSuite;
 
+use crate::aqm::{self, Managed, Queue, Ring};
 use crate::book::PeerBook;
 use crate::control::{CandidateSource, ControlEvent};
 use crate::dataio::{self, DataIo, GsoBatch, RecvBufs, ShellDrops, SHELL_DROPS};
@@ -80,10 +81,14 @@ pub struct Daemon {
     dir: PathBuf,
     /// Batched reads and GSO sends on the shared socket.
     data: DataIo,
-    /// AQM on the socket's receive queue: drops bulk datagrams that waited too long, before
+    /// CoDel on the socket's receive queue: drops bulk datagrams that waited too long, before
     /// they are decrypted, so a bulk transfer cannot park milliseconds of data in front of
-    /// everything else.
-    codel: Codel,
+    /// everything else (see `aqm`).
+    rx_aqm: Managed,
+    /// CoDel on the TUN ring, before encryption.
+    tx_aqm: Managed,
+    /// What reads have shown of the TUN ring's backlog.
+    ring: Ring,
     /// The GSO run being assembled (fast-path seals and [`Daemon::flush`]).
     batch: GsoBatch,
     /// Where local candidates come from.
@@ -98,15 +103,6 @@ pub struct Daemon {
     relay_too_large: u64,
     /// A path changed (or the coordinator connection is new) since the last `PathReport`.
     paths_dirty: bool,
-}
-
-/// The receive queue as one batch of datagrams left it.
-#[derive(Debug, Clone, Copy)]
-struct Queue {
-    /// How long the batch's last datagram waited in the socket (None: no timestamp).
-    sojourn: Option<Duration>,
-    /// The read filled every slot, so more datagrams may be queued behind the batch.
-    backlogged: bool,
 }
 
 /// Why the daemon loop ended.
@@ -178,7 +174,9 @@ impl Daemon {
             relay_max: None,
             paths_dirty: false,
             relay_too_large: 0,
-            codel: Codel::default(),
+            rx_aqm: Managed::default(),
+            tx_aqm: Managed::default(),
+            ring: Ring::new(Instant::now()),
         })
     }
 
@@ -280,20 +278,28 @@ impl Daemon {
     }
 
     /// The `first` packets of the TUN read that woke the loop, then more from reads that do
-    /// not wait, up to [`TUN_BATCH`]; the GSO run is sent at the end.
+    /// not wait, up to [`TUN_BATCH`]; the GSO run is sent at the end. Bulk packets pass the
+    /// ring's CoDel first.
     async fn on_tun_batch(&mut self, first: usize) {
         let now = Instant::now();
+        let queue = self.ring.queue(now);
         for i in 0..first {
-            self.on_tun_packet(i, now).await;
+            self.on_tun_packet(i, queue, now).await;
         }
         let mut total = first;
+        let mut empty = false;
         while total < TUN_BATCH {
-            let Ok(n) = self.io.tun.try_recv() else { break };
+            let Ok(n) = self.io.tun.try_recv() else {
+                // Nothing queued (or the device failed, which the next wait reports).
+                empty = true;
+                break;
+            };
             for i in 0..n {
-                self.on_tun_packet(i, now).await;
+                self.on_tun_packet(i, queue, now).await;
             }
             total += n.max(1);
         }
+        self.ring.batch_ended(empty, Instant::now());
         if !self.batch.is_empty() {
             self.send_batch().await;
         }
@@ -301,8 +307,11 @@ impl Daemon {
 
     /// TUN packet `i` of the last read: sealed straight into the GSO run when its peer has a
     /// session and a path (the engine's allocation-free fast path), else queued by the engine.
-    async fn on_tun_packet(&mut self, i: usize, now: Instant) {
+    async fn on_tun_packet(&mut self, i: usize, queue: Queue, now: Instant) {
         let packet = self.io.tun.packet(i);
+        if !self.tx_aqm.admit(aqm::is_bulk_ip(packet), queue, now) {
+            return;
+        }
         let Some((dst, len)) = self.engine.encapsulate(packet, self.batch.tail(), now) else {
             return;
         };
@@ -366,12 +375,8 @@ impl Daemon {
         match route(datagram) {
             Route::Quic => self.io.quic.forward(from, datagram),
             Route::Data => {
-                if let Some(sojourn) = queue.sojourn {
-                    if codel::is_bulk(datagram) && !self.codel.admit(sojourn, queue.backlogged, now)
-                    {
-                        ShellDrops::add(&SHELL_DROPS.queue_delay, 1);
-                        return;
-                    }
+                if !self.rx_aqm.admit(codel::is_bulk(datagram), queue, now) {
+                    return;
                 }
                 let slot = self.io.tun.slot();
                 if let Some(len) = self.engine.handle_datagram(from, datagram, slot, now) {

@@ -12,6 +12,7 @@
 //! This file is the CLI: argument parsing and the one-line `error: ...` + exit status 1 that every
 //! failure ends in (never a panic). The commands themselves are in `run`.
 
+mod aqm;
 mod book;
 mod candidates;
 mod config;

@@ -63,6 +63,7 @@ pub fn tcp(
     port: u16,
     reverse: bool,
     streams: u32,
+    congestion: Option<&str>,
 ) -> Result<Transfer> {
     let mut args = vec![
         "-c".to_string(),
@@ -76,6 +77,9 @@ pub fn tcp(
     ];
     if reverse {
         args.push("-R".into());
+    }
+    if let Some(cc) = congestion {
+        args.extend(["-C".to_string(), cc.to_string()]);
     }
     let v = iperf(lab, client, &args, TCP_SECONDS)?;
     let sum = &v["end"]["sum_received"];
@@ -236,24 +240,27 @@ pub fn ping_rtts(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<Vec<f64>> {
 /// `to` runs (iperf3 server on `to`:`port`); the stream gets [`LOAD_WARMUP`] first and outlasts
 /// the pings.
 /// `queues` are the namespaces whose UDP socket queues are sampled once during the pings; the
-/// samples come back with the RTTs.
+/// samples come back with the RTTs. `congestion` picks the stream's TCP congestion control
+/// (iperf3 -C), else the system's default.
 pub fn ping_under_load(
     lab: &Lab,
     from: &Host,
     to: Ipv4Addr,
     port: u16,
     queues: &[&Host],
+    congestion: Option<&str>,
 ) -> Result<(Vec<f64>, String)> {
     std::thread::scope(|s| {
-        let stream = s.spawn(|| tcp(lab, from, to, port, false, 1));
+        let stream = s.spawn(|| tcp(lab, from, to, port, false, 1, congestion));
         std::thread::sleep(LOAD_WARMUP);
         let sampler = s.spawn(|| {
             std::thread::sleep(Duration::from_millis(500));
-            queues
+            let mut parts: Vec<String> = queues
                 .iter()
                 .map(|h| format!("{}: {}", h.ns, udp_queues(lab, h)))
-                .collect::<Vec<_>>()
-                .join("; ")
+                .collect();
+            parts.push(format!("load sender: {}", tcp_sender(lab, from, port)));
+            parts.join("; ")
         });
         let pings = ping_rtts(lab, from, to);
         let sampled = sampler.join().unwrap_or_default();
@@ -288,6 +295,50 @@ fn udp_queues(lab: &Lab, host: &Host) -> String {
     } else {
         busy.join(", ")
     }
+}
+
+/// The loaded TCP stream as its sender sees it (`ss -ti` in `host`'s namespace): smoothed RTT
+/// and its variation (ms), congestion window and unacknowledged segments. The RTT is the
+/// queueing the stream itself builds along the tunnel, ring and sockets included.
+fn tcp_sender(lab: &Lab, host: &Host, port: u16) -> String {
+    let filter = format!(":{port}");
+    let Ok(out) = lab.exec(
+        &host.ns,
+        &["ss", "-tinH", "dport", "=", &filter],
+        Duration::from_secs(5),
+    ) else {
+        return "ss failed".into();
+    };
+    let field = |line: &str, key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let flows: Vec<String> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("unacked:"))
+        .map(|l| {
+            format!(
+                "rtt {} ms, cwnd {}, unacked {}",
+                field(l, "rtt:").unwrap_or_default(),
+                field(l, "cwnd:").unwrap_or_default(),
+                field(l, "unacked:").unwrap_or_default()
+            )
+        })
+        .collect();
+    if flows.is_empty() {
+        "no data in flight".into()
+    } else {
+        flows.join(", ")
+    }
+}
+
+/// The system's default TCP congestion control (what iperf3 uses without -C).
+pub fn default_congestion() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The median of sorted samples.

@@ -182,26 +182,26 @@ fn latency_rows(
     );
     let added = |m: &Option<Metrics>| Some(m.as_ref()?.rtt_ms - raw_rtt?);
     table.row(p, "added RTT vs raw (ms)", added(w), added(n), 3, false);
-    table.row(
-        p,
-        "ping under 1-stream load, median (ms)",
-        g(w, |m| m.load_rtt_ms),
-        g(n, |m| m.load_rtt_ms),
-        3,
-        false,
-    );
-    table.row(
-        p,
-        "ping under 1-stream load, max (ms)",
-        g(w, |m| m.load_rtt_max_ms),
-        g(n, |m| m.load_rtt_max_ms),
-        3,
-        false,
-    );
+    let loaded: [(&str, Value); 4] = [
+        ("ping under 1-stream load, median (ms)", |m| m.load_rtt_ms),
+        ("ping under 1-stream load, max (ms)", |m| m.load_rtt_max_ms),
+        ("ping under CUBIC load, median (ms)", |m| {
+            m.cubic_load_rtt_ms
+        }),
+        ("ping under CUBIC load, max (ms)", |m| {
+            m.cubic_load_rtt_max_ms
+        }),
+    ];
+    for (name, f) in loaded {
+        table.row(p, name, g(w, f), g(n, f), 3, false);
+    }
 }
 
+/// A metric read off a run's figures.
+type Value = fn(&Metrics) -> f64;
+
 /// One row's recipe: metric name, value from the metrics, decimals, whether higher is better.
-type Line = (&'static str, fn(&Metrics) -> f64, usize, bool);
+type Line = (&'static str, Value, usize, bool);
 
 /// Rows of Warren's direct pair on AES-256-GCM, against Nebula's direct figures (Nebula runs
 /// AES-256-GCM by default).

@@ -77,6 +77,11 @@ pub struct Metrics {
     pub load_rtt_ms: f64,
     /// Highest of those pings, ms.
     pub load_rtt_max_ms: f64,
+    /// Median ping RTT while one CUBIC TCP stream A -> B runs, ms (loss-based congestion
+    /// control, the default of most systems).
+    pub cubic_load_rtt_ms: f64,
+    /// Highest of those pings, ms.
+    pub cubic_load_rtt_max_ms: f64,
     /// UDP socket queues of both node namespaces sampled during those pings.
     pub load_queues: String,
     /// CPU seconds of both daemons per GB moved (one stream A -> B).
@@ -201,12 +206,13 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
         "TCP: iperf3 -t {} (receiver's bytes); UDP: iperf3 -u -l 1200, {}-step rate search, best \
          received rate with <= {}% loss (start 500 Mbit/s); CPU: utime+stime of both node daemons over the one-stream \
          A->B transfer, per GB received; ping under load: {} pings -i {} s while one TCP stream \
-         A->B runs",
+         A->B runs, with this machine's default congestion control ({}) and with CUBIC (iperf3 -C cubic)",
         measure::TCP_SECONDS,
         measure::UDP_STEPS,
         measure::UDP_MAX_LOSS,
         measure::PING_COUNT,
         measure::PING_INTERVAL,
+        measure::default_congestion(),
     ));
     table.note(format!("load average before measuring: {}", loadavg()));
     let mut raws = Vec::new();
@@ -428,7 +434,7 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
             None => None,
         };
         let (ab, usage): (_, Usage) = measure::with_usage(&t.pids, || {
-            measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 1)
+            measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 1, None)
         })?;
         if let Some(r) = recording {
             m.perf = Some(format!(
@@ -446,19 +452,24 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         m.cpu_per_gb = usage.cpu_s / (ab.bytes / GB);
         m.relay_cpu_per_gb = relay_cpu / (ab.bytes / GB);
         m.via_coordinator = rx / ab.bytes;
-        m.tcp_ba = measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, true, 1)?.bps;
+        m.tcp_ba = measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, true, 1, None)?.bps;
         let (four, usage4) = measure::with_usage(&t.pids, || {
-            measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 4)
+            measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 4, None)
         })?;
         m.tcp4 = four.bps;
         m.rss_load = [usage4.peak_rss[0], usage4.peak_rss[1]];
         (m.udp, m.udp_steps) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
         m.rtt_ms = measure::median(&measure::ping_rtts(lab, &pair.a, t.b_ip)?);
+        let sides = [&pair.a, &pair.b];
         let (loaded, queues) =
-            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &[&pair.a, &pair.b])?;
+            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &sides, None)?;
         m.load_queues = queues;
         m.load_rtt_ms = measure::median(&loaded);
         m.load_rtt_max_ms = loaded.last().copied().unwrap_or(f64::NAN);
+        let (cubic, _) =
+            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &sides, Some("cubic"))?;
+        m.cubic_load_rtt_ms = measure::median(&cubic);
+        m.cubic_load_rtt_max_ms = cubic.last().copied().unwrap_or(f64::NAN);
         Ok(m)
     })();
     lab.proc_mut(server).stop();
