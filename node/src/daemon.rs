@@ -22,14 +22,14 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use warren_proto::codel;
 use warren_proto::control::NodeMessage;
-use warren_proto::engine::{Engine, EngineConfig, Event, RelayTransmit};
+use warren_proto::engine::{Encapsulated, Engine, EngineConfig, Event};
 use warren_proto::ids::{NodeId, PrivateKey};
 use warren_proto::noise::CipherSuite;
 
 use crate::aqm::{self, Managed, Queue, Ring};
 use crate::book::PeerBook;
 use crate::control::{CandidateSource, ControlEvent};
-use crate::dataio::{self, DataIo, GsoBatch, RecvBufs, ShellDrops, SHELL_DROPS};
+use crate::dataio::{self, DataIo, GsoBatch, RecvBufs, RelayArena, ShellDrops, SHELL_DROPS};
 use crate::socket::{route, QuicInbox, Route};
 use crate::state::{self, SavedState};
 use crate::status::{path_report, Link, SelfStatus, StatusRequest};
@@ -91,6 +91,8 @@ pub struct Daemon {
     ring: Ring,
     /// The GSO run being assembled (fast-path seals and [`Daemon::flush`]).
     batch: GsoBatch,
+    /// Turns fast-path relay datagrams into quinn's `Bytes` without a heap allocation each.
+    relay_arena: RelayArena,
     /// Where local candidates come from.
     source: CandidateSource,
     /// The local candidates last seen.
@@ -174,6 +176,7 @@ impl Daemon {
             relay_max: None,
             paths_dirty: false,
             relay_too_large: 0,
+            relay_arena: RelayArena::default(),
             rx_aqm: Managed::default(),
             tx_aqm: Managed::default(),
             ring: Ring::new(Instant::now()),
@@ -306,20 +309,28 @@ impl Daemon {
     }
 
     /// TUN packet `i` of the last read: sealed straight into the GSO run when its peer has a
-    /// session and a path (the engine's allocation-free fast path), else queued by the engine.
+    /// session and a direct path, or into a relay datagram when the path is the relay (the
+    /// engine's allocation-free fast path), else queued by the engine.
     async fn on_tun_packet(&mut self, i: usize, queue: Queue, now: Instant) {
         let packet = self.io.tun.packet(i);
         if !self.tx_aqm.admit(aqm::is_bulk_ip(packet), queue, now) {
             return;
         }
-        let Some((dst, len)) = self.engine.encapsulate(packet, self.batch.tail(), now) else {
-            return;
-        };
-        if !self.batch.push_tail(dst, len, self.data.max_segments()) {
-            if let Err(e) = self.data.send(&self.batch).await {
-                self.send_failed(&e);
+        match self.engine.encapsulate(packet, self.batch.tail(), now) {
+            Some(Encapsulated::Udp { dst, len })
+                if !self.batch.push_tail(dst, len, self.data.max_segments()) =>
+            {
+                if let Err(e) = self.data.send(&self.batch).await {
+                    self.send_failed(&e);
+                }
+                self.batch.restart_with_tail(dst, len);
             }
-            self.batch.restart_with_tail(dst, len);
+            Some(Encapsulated::Relay { peer, len }) => {
+                let datagram = self.relay_arena.datagram(&self.batch.tail()[..len]);
+                self.send_relay(peer, datagram);
+            }
+            // Udp: the guard added it to the GSO run.
+            Some(Encapsulated::Udp { .. }) | None => {}
         }
     }
 
@@ -400,7 +411,7 @@ impl Daemon {
             self.send_batch().await;
         }
         while let Some(t) = self.engine.poll_relay_transmit() {
-            self.send_relay(t);
+            self.send_relay(t.peer, t.datagram.into());
         }
         while let Some(ev) = self.engine.poll_event() {
             match ev {
@@ -437,23 +448,24 @@ impl Daemon {
         }
     }
 
-    /// Sends one relay datagram as a QUIC DATAGRAM frame on the control connection. Like any
-    /// UDP path the relay is best effort: a datagram that does not fit the connection's current
-    /// datagram size (before path MTU discovery has raised it) is dropped and counted.
-    fn send_relay(&mut self, t: RelayTransmit) {
+    /// Sends one relay datagram for `peer` as a QUIC DATAGRAM frame on the control connection.
+    /// Like any UDP path the relay is best effort: a datagram that does not fit the
+    /// connection's current datagram size (before path MTU discovery has raised it) is dropped
+    /// and counted.
+    fn send_relay(&mut self, peer: NodeId, datagram: bytes::Bytes) {
         let Some(conn) = &self.relay else {
             return;
         };
-        let len = t.datagram.len();
-        match conn.send_datagram(t.datagram.into()) {
+        let len = datagram.len();
+        match conn.send_datagram(datagram) {
             Ok(()) => {}
             Err(quinn::SendDatagramError::TooLarge) => {
                 self.relay_too_large += 1;
                 ShellDrops::add(&SHELL_DROPS.relay_too_large, 1);
-                tracing::debug!(peer = %t.peer, len, max = ?conn.max_datagram_size(),
+                tracing::debug!(%peer, len, max = ?conn.max_datagram_size(),
                     dropped = self.relay_too_large, "relay datagram too large; dropped");
             }
-            Err(e) => tracing::debug!(peer = %t.peer, error = %e, "relay send failed"),
+            Err(e) => tracing::debug!(%peer, error = %e, "relay send failed"),
         }
     }
 

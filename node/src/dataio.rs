@@ -299,6 +299,30 @@ impl Default for GsoBatch {
     }
 }
 
+/// Bytes of a [`RelayArena`] buffer: about 48 full-size relay datagrams.
+const RELAY_ARENA: usize = 64 * 1024;
+
+/// Where relay datagrams sealed by the engine's fast path become the `Bytes` quinn's
+/// `send_datagram` takes: copied into one buffer and split off, so the heap is touched once per
+/// [`RELAY_ARENA`] bytes instead of once per datagram. quinn holds each datagram until it is
+/// sent; once all of a buffer's datagrams are gone the buffer is reused.
+#[derive(Debug, Default)]
+pub struct RelayArena {
+    /// The unsplit rest of the current buffer.
+    buf: bytes::BytesMut,
+}
+
+impl RelayArena {
+    /// A datagram holding a copy of `datagram`.
+    pub fn datagram(&mut self, datagram: &[u8]) -> bytes::Bytes {
+        if self.buf.capacity() < datagram.len() {
+            self.buf.reserve(RELAY_ARENA.max(datagram.len()));
+        }
+        self.buf.extend_from_slice(datagram);
+        self.buf.split().freeze()
+    }
+}
+
 /// Whether a send error means the local stack refused the datagrams as too large for the route
 /// (`EMSGSIZE`; the shared socket does not fragment): tell the engine with
 /// `Engine::send_refused(batch.dst())`, small probes pass such a path but data never will.
@@ -438,6 +462,27 @@ mod tests {
             DataIo::new(b.clone()).unwrap(),
         );
         (a, b, tx, rx)
+    }
+
+    #[test]
+    fn relay_datagrams_share_one_buffer() {
+        let mut arena = RelayArena::default();
+        let a = arena.datagram(&[1; 1300]);
+        let b = arena.datagram(&[2; 1300]);
+        assert_eq!((&a[..], &b[..]), (&[1; 1300][..], &[2; 1300][..]));
+        // Split off one buffer, back to back: no allocation per datagram.
+        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(1300));
+        // A datagram larger than a buffer still fits.
+        let big = arena.datagram(&[3; RELAY_ARENA + 1]);
+        assert_eq!(big.len(), RELAY_ARENA + 1);
+        // Once quinn has dropped every datagram of a buffer, it is reused.
+        drop((a, b, big));
+        let mut arena = RelayArena::default();
+        let first = arena.datagram(&[4; 60_000]);
+        let start = first.as_ptr();
+        drop(first);
+        let again = arena.datagram(&[5; 10_000]);
+        assert_eq!(again.as_ptr(), start, "the drained buffer is reclaimed");
     }
 
     #[tokio::test]

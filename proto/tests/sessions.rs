@@ -8,7 +8,7 @@ mod sim;
 use std::time::Duration;
 
 use sim::{pair, NatKind};
-use warren_proto::engine::PathKind;
+use warren_proto::engine::{Encapsulated, PathKind};
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
@@ -43,7 +43,11 @@ fn encapsulate_fast_path_and_small_tun_buffer() {
     let now = s.now;
     let pkt = sim::ipv4(s.nodes[0].mesh_ip, s.nodes[1].mesh_ip, 777);
     let mut out = vec![0u8; pkt.len() + warren_proto::engine::TRANSPORT_OVERHEAD];
-    let (dst, n) = s.nodes[0].engine.encapsulate(&pkt, &mut out, now).unwrap();
+    let Some(Encapsulated::Udp { dst, len: n }) =
+        s.nodes[0].engine.encapsulate(&pkt, &mut out, now)
+    else {
+        panic!("sealed for the direct path");
+    };
     assert_eq!(n, out.len());
     assert_eq!(Some(dst), s.status(0, 1).endpoint);
     let from = s.status(1, 0).endpoint.unwrap();

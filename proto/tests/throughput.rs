@@ -10,7 +10,7 @@ mod sim;
 use std::time::{Duration, Instant};
 
 use sim::pair;
-use warren_proto::engine::TRANSPORT_OVERHEAD;
+use warren_proto::engine::{Encapsulated, TRANSPORT_OVERHEAD};
 
 #[test]
 #[ignore = "timing measurement; run in release"]
@@ -28,10 +28,11 @@ fn engine_fast_path_throughput() {
     let started = Instant::now();
     for i in 0..packets {
         pkt[20..24].copy_from_slice(&i.to_be_bytes());
-        let (_, n) = s.nodes[0]
-            .engine
-            .encapsulate(&pkt, &mut wire, now)
-            .expect("session is up");
+        let Some(Encapsulated::Udp { len: n, .. }) =
+            s.nodes[0].engine.encapsulate(&pkt, &mut wire, now)
+        else {
+            panic!("session is up, path direct");
+        };
         let got = s.nodes[1]
             .engine
             .handle_datagram(from, &wire[..n], &mut tun, now)

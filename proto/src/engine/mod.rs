@@ -58,6 +58,7 @@ use crate::ids::{MeshIp, NodeId, PrivateKey, PublicKey};
 use crate::noise::CipherSuite;
 use crate::packet::Packet;
 use crate::probe::ProbeKey;
+use crate::relay::RELAY_HEADER_LEN;
 
 pub use crate::packet::TRANSPORT_OVERHEAD;
 pub use path::{
@@ -110,6 +111,26 @@ pub struct RelayTransmit {
     /// The complete relay datagram: the 8-byte header naming `peer`, then the Warren packet
     /// ([`crate::relay`]).
     pub datagram: Vec<u8>,
+}
+
+/// Where [`Engine::encapsulate`] sealed a packet, and how long the result is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encapsulated {
+    /// A datagram for the data socket, to `dst`.
+    Udp {
+        /// Destination address.
+        dst: SocketAddr,
+        /// Datagram length.
+        len: usize,
+    },
+    /// A complete relay datagram (header naming `peer`, then the Warren packet): send it as a
+    /// QUIC DATAGRAM on the control connection.
+    Relay {
+        /// The destination peer.
+        peer: NodeId,
+        /// Datagram length.
+        len: usize,
+    },
 }
 
 /// Something the shell must act on outside the data socket.
@@ -397,31 +418,47 @@ impl Engine {
     }
 
     /// Allocation-free fast path for an IP packet read from TUN: when its peer has a session
-    /// and a direct path, seals it straight into `out` and returns where to send the `len`
-    /// bytes (relayed packets go through [`Engine::poll_relay_transmit`]).
+    /// and a path, seals it straight into `out` (behind the relay header when the path is the
+    /// relay) and says where the `len` bytes go.
     /// Otherwise behaves exactly like [`Engine::handle_tun_packet`] (queue while connecting,
-    /// or drop and count) and returns `None`; drain [`Engine::poll_transmit`] as usual either
-    /// way. `out` must hold `packet.len() + TRANSPORT_OVERHEAD` bytes.
+    /// or drop and count) and returns `None`; drain [`Engine::poll_transmit`] and
+    /// [`Engine::poll_relay_transmit`] as usual either way. `out` must hold
+    /// `RELAY_HEADER_LEN + packet.len() + TRANSPORT_OVERHEAD` bytes.
     pub fn encapsulate(
         &mut self,
         packet: &[u8],
         out: &mut [u8],
         now: Instant,
-    ) -> Option<(SocketAddr, usize)> {
+    ) -> Option<Encapsulated> {
         let peer = inner_destination(packet)
             .and_then(|dst| self.by_ip.get(&dst))
             .and_then(|id| self.peers.get_mut(id));
         if let Some(peer) = peer {
-            let direct = matches!(peer.route(), Some(Route::Udp(_)));
-            if direct && peer.queue.is_empty() && peer.can_send(now) {
-                match peer.seal_into(packet, out, &mut self.shared, now) {
-                    Some((Route::Udp(dst), n)) => {
-                        peer.last_demand = Some(now);
-                        return Some((dst, n));
+            if peer.queue.is_empty() && peer.can_send(now) {
+                let id = peer.id();
+                let sealed = match peer.route() {
+                    Some(Route::Udp(_)) => peer.seal_into(packet, out, &mut self.shared, now),
+                    Some(Route::Relay) => match out.get_mut(RELAY_HEADER_LEN..) {
+                        Some(body) => peer.seal_into(packet, body, &mut self.shared, now),
+                        None => None,
+                    },
+                    None => None,
+                };
+                let done = match sealed {
+                    Some((Route::Udp(dst), len)) => Some(Encapsulated::Udp { dst, len }),
+                    Some((Route::Relay, n)) => {
+                        crate::relay::write_header(id, out)
+                            .ok()
+                            .map(|()| Encapsulated::Relay {
+                                peer: id,
+                                len: RELAY_HEADER_LEN + n,
+                            })
                     }
-                    // The route was checked just above.
-                    Some((Route::Relay, _)) => return None,
-                    None => {}
+                    None => None,
+                };
+                if done.is_some() {
+                    peer.last_demand = Some(now);
+                    return done;
                 }
             }
         }
