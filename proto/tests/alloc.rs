@@ -12,7 +12,7 @@ mod sim;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sim::{pair, NatKind};
 use warren_proto::engine::{Encapsulated, PathKind, TRANSPORT_OVERHEAD};
@@ -68,6 +68,39 @@ fn allocs() -> u64 {
 /// Packets timed per direction after the warm-up.
 const PACKETS: u32 = 5_000;
 
+/// Where [`carried_allocations`] passes a packet: `from`, `to`, the packet, the wire buffer,
+/// the TUN buffer and the time; returns the length opened into the TUN buffer.
+type Carry<'a> =
+    dyn FnMut(&mut sim::Sim, usize, usize, &[u8], &mut [u8], &mut [u8], Instant) -> usize + 'a;
+
+/// Carries full-size (1280-byte) IP packets between nodes 0 and 1, one each way per round,
+/// through `carry` (seal at one engine, open at the other), with a `wire` buffer of
+/// `wire_len` bytes and a TUN buffer larger than any datagram, as the node's shell has them:
+/// 100 rounds to warm up, then [`PACKETS`]; returns the allocations of the measured rounds.
+fn carried_allocations(s: &mut sim::Sim, wire_len: usize, carry: &mut Carry<'_>) -> u64 {
+    let ips = [s.nodes[0].mesh_ip, s.nodes[1].mesh_ip];
+    let mut pkts = [sim::ipv4(ips[0], ips[1], 0), sim::ipv4(ips[1], ips[0], 0)];
+    for p in &mut pkts {
+        p.resize(1280, 0x5a);
+    }
+    let mut wire = vec![0u8; wire_len];
+    let mut tun = vec![0u8; 65_535];
+    let mut now = s.now;
+    let mut round = |s: &mut sim::Sim, i: u32| {
+        for (from, to) in [(0, 1), (1, 0)] {
+            let pkt = &mut pkts[from];
+            pkt[20..24].copy_from_slice(&i.to_be_bytes());
+            let got = carry(s, from, to, pkt, &mut wire, &mut tun, now);
+            assert_eq!(&tun[..got], &pkt[..]);
+        }
+        now += Duration::from_micros(10);
+    };
+    (0..100).for_each(|i| round(s, i));
+    let before = allocs();
+    (100..100 + PACKETS).for_each(|i| round(s, i));
+    allocs() - before
+}
+
 fn no_allocation_per_packet(suite: CipherSuite) {
     let mut s = pair(None, None, 41);
     for n in &mut s.nodes {
@@ -81,39 +114,21 @@ fn no_allocation_per_packet(suite: CipherSuite) {
         s.status(1, 0).endpoint.unwrap(),
         s.status(0, 1).endpoint.unwrap(),
     ];
-    let ips = [s.nodes[0].mesh_ip, s.nodes[1].mesh_ip];
-    // Full-size packets both ways, and buffers as the node's shell has them: room for one
-    // datagram behind the GSO run, a TUN slot larger than any datagram.
-    let mut pkts = [sim::ipv4(ips[0], ips[1], 0), sim::ipv4(ips[1], ips[0], 0)];
-    for p in &mut pkts {
-        p.resize(1280, 0x5a);
-    }
-    let mut wire = vec![0u8; 1280 + TRANSPORT_OVERHEAD];
-    let mut tun = vec![0u8; 65_535];
-    let mut now = s.now;
-    let mut run = |s: &mut sim::Sim, packets: u32| {
-        for i in 0..packets {
-            for (from, to) in [(0, 1), (1, 0)] {
-                let pkt = &mut pkts[from];
-                pkt[20..24].copy_from_slice(&i.to_be_bytes());
-                let Some(Encapsulated::Udp { len: n, .. }) =
-                    s.nodes[from].engine.encapsulate(pkt, &mut wire, now)
-                else {
-                    panic!("session is up, path direct");
-                };
-                let got = s.nodes[to]
-                    .engine
-                    .handle_datagram(addr[to], &wire[..n], &mut tun, now)
-                    .expect("decrypts");
-                assert_eq!(&tun[..got], &pkt[..]);
-            }
-            now += Duration::from_micros(10);
-        }
-    };
-    run(&mut s, 100);
-    let before = allocs();
-    run(&mut s, PACKETS);
-    let made = allocs() - before;
+    let made = carried_allocations(
+        &mut s,
+        1280 + TRANSPORT_OVERHEAD,
+        &mut |s, from, to, pkt, wire, tun, now| {
+            let Some(Encapsulated::Udp { len, .. }) =
+                s.nodes[from].engine.encapsulate(pkt, wire, now)
+            else {
+                panic!("session is up, path direct");
+            };
+            s.nodes[to]
+                .engine
+                .handle_datagram(addr[to], &wire[..len], tun, now)
+                .expect("decrypts")
+        },
+    );
     assert_eq!(
         made,
         0,
@@ -148,38 +163,23 @@ fn relayed_data_path_allocates_nothing_per_packet() {
     assert_eq!(s.status(0, 1).path, PathKind::Relay);
     assert_eq!(s.status(1, 0).path, PathKind::Relay);
     let ids = [s.nodes[0].id, s.nodes[1].id];
-    let ips = [s.nodes[0].mesh_ip, s.nodes[1].mesh_ip];
-    let mut pkts = [sim::ipv4(ips[0], ips[1], 0), sim::ipv4(ips[1], ips[0], 0)];
-    for p in &mut pkts {
-        p.resize(1280, 0x5a);
-    }
-    let mut wire = vec![0u8; RELAY_HEADER_LEN + 1280 + TRANSPORT_OVERHEAD];
-    let mut tun = vec![0u8; 65_535];
-    let mut now = s.now;
-    let mut run = |s: &mut sim::Sim, packets: u32| {
-        for i in 0..packets {
-            for (from, to) in [(0, 1), (1, 0)] {
-                let pkt = &mut pkts[from];
-                pkt[20..24].copy_from_slice(&i.to_be_bytes());
-                let Some(Encapsulated::Relay { peer, len }) =
-                    s.nodes[from].engine.encapsulate(pkt, &mut wire, now)
-                else {
-                    panic!("session is up, path relayed");
-                };
-                assert_eq!(peer, ids[to]);
-                relay::write_header(ids[from], &mut wire).expect("room for the header");
-                let got = s.nodes[to]
-                    .engine
-                    .handle_relay_datagram(&wire[..len], &mut tun, now)
-                    .expect("decrypts");
-                assert_eq!(&tun[..got], &pkt[..]);
-            }
-            now += Duration::from_micros(10);
-        }
-    };
-    run(&mut s, 100);
-    let before = allocs();
-    run(&mut s, PACKETS);
-    let made = allocs() - before;
+    let made = carried_allocations(
+        &mut s,
+        RELAY_HEADER_LEN + 1280 + TRANSPORT_OVERHEAD,
+        &mut |s, from, to, pkt, wire, tun, now| {
+            let Some(Encapsulated::Relay { peer, len }) =
+                s.nodes[from].engine.encapsulate(pkt, wire, now)
+            else {
+                panic!("session is up, path relayed");
+            };
+            assert_eq!(peer, ids[to]);
+            // The coordinator names the source instead of the destination.
+            relay::write_header(ids[from], wire).expect("room for the header");
+            s.nodes[to]
+                .engine
+                .handle_relay_datagram(&wire[..len], tun, now)
+                .expect("decrypts")
+        },
+    );
     assert_eq!(made, 0, "{made} allocations for {} packets", 2 * PACKETS);
 }
