@@ -145,20 +145,25 @@ pub fn expires_at(expires: Option<Duration>, now: i64) -> Option<i64> {
 
 /// The public address `serve` recorded, for processes that are not `serve`.
 pub fn recorded_public_addr(store: &dyn Store) -> Result<CoordinatorAddr> {
-    let raw = store
-        .meta(META_PUBLIC_ADDR)?
-        .context("the coordinator has not been started in this data directory yet; run `warren-coordinator serve` once first")?;
-    raw.parse()
-        .with_context(|| format!("stored public address {raw:?} is invalid"))
+    recorded(store, META_PUBLIC_ADDR, "public address")
 }
 
 /// The mesh network `serve` recorded in this store.
 pub fn recorded_network(store: &dyn Store) -> Result<MeshNetwork> {
+    recorded(store, META_NETWORK, "network")
+}
+
+/// A value `serve` recorded under meta `key` (`what` names it in errors).
+fn recorded<T>(store: &dyn Store, key: &str, what: &str) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
     let raw = store
-        .meta(META_NETWORK)?
+        .meta(key)?
         .context("the coordinator has not been started in this data directory yet; run `warren-coordinator serve` once first")?;
     raw.parse()
-        .with_context(|| format!("stored network {raw:?} is invalid"))
+        .with_context(|| format!("stored {what} {raw:?} is invalid"))
 }
 
 /// Current time as Unix seconds.
