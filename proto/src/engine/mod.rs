@@ -58,7 +58,6 @@ use crate::ids::{MeshIp, NodeId, PrivateKey, PublicKey};
 use crate::noise::CipherSuite;
 use crate::packet::Packet;
 use crate::probe::ProbeKey;
-use crate::relay::RELAY_HEADER_LEN;
 
 pub use crate::packet::TRANSPORT_OVERHEAD;
 pub use path::{
@@ -75,7 +74,6 @@ pub use timers::{
 };
 
 use handshake::inner_destination;
-use path::Route;
 use peer::Peer;
 use relayed::Source;
 use shared::Shared;
@@ -435,30 +433,9 @@ impl Engine {
             .and_then(|id| self.peers.get_mut(id));
         if let Some(peer) = peer {
             if peer.queue.is_empty() && peer.can_send(now) {
-                let id = peer.id();
-                let sealed = match peer.route() {
-                    Some(Route::Udp(_)) => peer.seal_into(packet, out, &mut self.shared, now),
-                    Some(Route::Relay) => match out.get_mut(RELAY_HEADER_LEN..) {
-                        Some(body) => peer.seal_into(packet, body, &mut self.shared, now),
-                        None => None,
-                    },
-                    None => None,
-                };
-                let done = match sealed {
-                    Some((Route::Udp(dst), len)) => Some(Encapsulated::Udp { dst, len }),
-                    Some((Route::Relay, n)) => {
-                        crate::relay::write_header(id, out)
-                            .ok()
-                            .map(|()| Encapsulated::Relay {
-                                peer: id,
-                                len: RELAY_HEADER_LEN + n,
-                            })
-                    }
-                    None => None,
-                };
-                if done.is_some() {
+                if let Some(done) = peer.seal_framed(packet, out, &mut self.shared, now) {
                     peer.last_demand = Some(now);
-                    return done;
+                    return Some(done);
                 }
             }
         }

@@ -16,7 +16,7 @@ use super::path::{Check, RelayReason, Route};
 use super::punch::{Candidate, Round};
 use super::shared::Shared;
 use super::timers::RESPONDER_REKEY_AFTER;
-use super::{Event, PathKind, PeerStatus};
+use super::{Encapsulated, Event, PathKind, PeerStatus, RelayTransmit};
 use crate::control::PeerRecord;
 use crate::ids::NodeId;
 use crate::noise::{
@@ -257,30 +257,48 @@ impl Peer {
     /// Encrypts and queues one packet (empty = keepalive) on the current session. Returns false
     /// if there is no usable session or path.
     pub fn send_transport(&mut self, plaintext: &[u8], shared: &mut Shared, now: Instant) -> bool {
-        // Over the relay the packet is sealed behind room for the relay header (no copy).
-        let offset = match self.route() {
-            Some(Route::Relay) => RELAY_HEADER_LEN,
-            _ => 0,
-        };
-        let mut buf = vec![0u8; offset + plaintext.len() + TRANSPORT_OVERHEAD];
-        match self.seal_into(plaintext, &mut buf[offset..], shared, now) {
-            Some((Route::Udp(dst), n)) => {
-                buf.truncate(offset + n);
-                if offset > 0 {
-                    buf.drain(..offset);
-                }
+        let mut buf = vec![0u8; RELAY_HEADER_LEN + plaintext.len() + TRANSPORT_OVERHEAD];
+        match self.seal_framed(plaintext, &mut buf, shared, now) {
+            Some(Encapsulated::Udp { dst, len }) => {
+                buf.truncate(len);
                 shared.send(dst, buf);
                 true
             }
-            Some((Route::Relay, n)) => {
-                buf.truncate(offset + n);
-                if offset == 0 {
-                    buf.splice(..0, [0u8; RELAY_HEADER_LEN]);
-                }
-                shared.send_relay_framed(self.id(), buf);
+            Some(Encapsulated::Relay { peer, len }) => {
+                buf.truncate(len);
+                shared.relay_transmits.push_back(RelayTransmit {
+                    peer,
+                    datagram: buf,
+                });
                 true
             }
             None => false,
+        }
+    }
+
+    /// Encrypts one packet into `out` ready for its path: the datagram itself for a direct
+    /// path, or behind the relay header naming this peer (sealed in place, no copy) for the
+    /// relay. `None` if there is no usable session or path or `out` is too small.
+    pub fn seal_framed(
+        &mut self,
+        plaintext: &[u8],
+        out: &mut [u8],
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Option<Encapsulated> {
+        let body = match self.route()? {
+            Route::Udp(_) => &mut *out,
+            Route::Relay => out.get_mut(RELAY_HEADER_LEN..)?,
+        };
+        match self.seal_into(plaintext, body, shared, now)? {
+            (Route::Udp(dst), len) => Some(Encapsulated::Udp { dst, len }),
+            (Route::Relay, n) => {
+                crate::relay::write_header(self.id(), out).ok()?;
+                Some(Encapsulated::Relay {
+                    peer: self.id(),
+                    len: RELAY_HEADER_LEN + n,
+                })
+            }
         }
     }
 

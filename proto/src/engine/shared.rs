@@ -238,15 +238,6 @@ impl Shared {
         self.transmits.push_back(Transmit { dst, payload });
     }
 
-    /// Queues a relay datagram for `peer`; `datagram` starts with room for the relay header,
-    /// which is filled in here.
-    pub fn send_relay_framed(&mut self, peer: NodeId, mut datagram: Vec<u8>) {
-        if crate::relay::write_header(peer, &mut datagram).is_ok() {
-            self.relay_transmits
-                .push_back(RelayTransmit { peer, datagram });
-        }
-    }
-
     /// Queues `packet` for `peer` on `route`.
     pub fn send_via(&mut self, route: Route, peer: NodeId, packet: Vec<u8>) {
         match route {
