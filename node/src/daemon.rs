@@ -270,9 +270,17 @@ impl Daemon {
     /// through CoDel to the engine; decrypted packets to TUN.
     fn on_udp_batch(&mut self, bufs: &RecvBufs, n: usize) {
         let now = Instant::now();
+        let backlogged = DataIo::backlogged(n);
+        // CoDel only needs the wait of a batch with more queued behind it; a batch that emptied
+        // the queue resets it whatever it waited, so it costs no timestamp ioctl.
+        let sojourn = if backlogged {
+            self.data.sojourn()
+        } else {
+            Some(Duration::ZERO)
+        };
         let queue = Queue {
-            sojourn: self.data.sojourn(),
-            backlogged: DataIo::backlogged(n),
+            sojourn,
+            backlogged,
         };
         bufs.for_each(n, |from, datagram| {
             self.on_datagram(from, datagram, queue, now)
@@ -317,21 +325,25 @@ impl Daemon {
             return;
         }
         match self.engine.encapsulate(packet, self.batch.tail(), now) {
-            Some(Encapsulated::Udp { dst, len })
-                if !self.batch.push_tail(dst, len, self.data.max_segments()) =>
-            {
-                if let Err(e) = self.data.send(&self.batch).await {
-                    self.send_failed(&e);
-                }
-                self.batch.restart_with_tail(dst, len);
-            }
+            Some(Encapsulated::Udp { dst, len }) => self.add_to_run(dst, len).await,
             Some(Encapsulated::Relay { peer, len }) => {
                 let datagram = self.relay_arena.datagram(&self.batch.tail()[..len]);
                 self.send_relay(peer, datagram);
             }
-            // Udp: the guard added it to the GSO run.
-            Some(Encapsulated::Udp { .. }) | None => {}
+            None => {}
         }
+    }
+
+    /// Adds the `len` bytes sealed at the GSO run's tail for `dst` to the run, sending the run
+    /// first when they do not extend it.
+    async fn add_to_run(&mut self, dst: SocketAddr, len: usize) {
+        if self.batch.push_tail(dst, len, self.data.max_segments()) {
+            return;
+        }
+        if let Err(e) = self.data.send(&self.batch).await {
+            self.send_failed(&e);
+        }
+        self.batch.restart_with_tail(dst, len);
     }
 
     /// Relay datagrams from the control connection: `first`, which woke the loop, and up to
