@@ -15,9 +15,10 @@
 //! `bench --perf` also samples both systems' daemons with `perf record` during the one-stream
 //! transfers (which skews those lines a little) and prints the top symbols. `bench --quick`
 //! measures Warren's direct pair only (both ciphers; no Nebula, no relayed pair), for quick
-//! before/after comparisons while working on the data path. `bench --txqlen N` sets the
-//! `txqueuelen` of Warren's TUN devices to N once the daemons run (an experiment knob: the TUN
-//! ring is where packets wait under load).
+//! before/after comparisons while working on the data path; `bench --relayed` measures Warren's
+//! relayed pair only, likewise. `bench --txqlen N` sets the `txqueuelen` of Warren's TUN
+//! devices to N once the daemons run (an experiment knob: the TUN ring is where packets wait
+//! under load).
 
 mod drops;
 mod measure;
@@ -64,7 +65,13 @@ fn main() {
         }
     };
     let with_perf = std::env::args().any(|a| a == "--perf");
-    let quick = std::env::args().any(|a| a == "--quick");
+    let scope = if std::env::args().any(|a| a == "--quick") {
+        run::Scope::Quick
+    } else if std::env::args().any(|a| a == "--relayed") {
+        run::Scope::Relayed
+    } else {
+        run::Scope::Full
+    };
     let args: Vec<String> = std::env::args().collect();
     let txqlen = args
         .iter()
@@ -74,7 +81,7 @@ fn main() {
         &mut lab,
         run::Options {
             with_perf,
-            quick,
+            scope,
             txqlen,
         },
     );

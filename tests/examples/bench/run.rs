@@ -98,13 +98,24 @@ pub struct Metrics {
     pub perf: Option<String>,
 }
 
+/// What the bench measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Both systems, the direct and the relayed pair, and Warren's direct pair on AES.
+    Full,
+    /// Warren's direct pair only, on both ciphers (`--quick`).
+    Quick,
+    /// Warren's relayed pair only (`--relayed`).
+    Relayed,
+}
+
 /// How the bench was asked to run.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// Sample the daemons with `perf record` during the one-stream transfers.
     pub with_perf: bool,
-    /// Warren's direct pair only (both ciphers).
-    pub quick: bool,
+    /// Which pairs and systems are measured.
+    pub scope: Scope,
     /// `txqueuelen` to set on Warren's TUN devices, if any.
     pub txqlen: Option<u32>,
 }
@@ -113,7 +124,7 @@ pub struct Options {
 pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
     let Options {
         with_perf,
-        quick,
+        scope,
         txqlen,
     } = opts;
     for tool in ["iperf3", "nft"] {
@@ -123,7 +134,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
     }
     let mut table = Table::default();
     let mut coord = crate::start_coordinator(lab, None)?;
-    let neb = if quick {
+    let neb = if scope != Scope::Full {
         None
     } else {
         let neb = Nebula::new(lab.dir())?;
@@ -137,7 +148,12 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
         ("direct", "direct", SiteKind::Eim),
         ("relayed", "relay", SiteKind::Sym),
     ];
-    for (path, expect, kind) in kinds.into_iter().take(if quick { 1 } else { 2 }) {
+    let kinds = match scope {
+        Scope::Full => &kinds[..],
+        Scope::Quick => &kinds[..1],
+        Scope::Relayed => &kinds[1..],
+    };
+    for &(path, expect, kind) in kinds {
         let sa = lab.add_site(kind)?;
         let sb = lab.add_site(kind)?;
         let (a, b) = (sa.hosts[0].clone(), sb.hosts[0].clone());
@@ -262,12 +278,15 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
                 };
                 measure_target(lab, pair, &nebula, &coord.host)
             }
-            _ => Err(anyhow::anyhow!("not measured (--quick)")),
+            _ => Err(anyhow::anyhow!("not measured (--quick or --relayed)")),
         };
         if i == 0 {
             nebula_direct = n.as_ref().ok().cloned();
         }
         crate::rows::add(&mut table, pair, w, n, raw);
+    }
+    if scope == Scope::Relayed {
+        return Ok(table);
     }
     // The direct pair again with the mesh on AES-256-GCM.
     let pair = &pairs[0];
