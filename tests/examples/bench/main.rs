@@ -18,7 +18,8 @@
 //! before/after comparisons while working on the data path; `bench --relayed` measures Warren's
 //! relayed pair only, likewise. `bench --txqlen N` sets the `txqueuelen` of Warren's TUN
 //! devices to N once the daemons run (an experiment knob: the TUN ring is where packets wait
-//! under load).
+//! under load). `bench --relay-link-mbit N` shapes the coordinator's link to N Mbit/s, like a
+//! small VPS's, so that relayed traffic queues in front of the relay's link.
 
 mod drops;
 mod measure;
@@ -77,12 +78,17 @@ fn main() {
         .iter()
         .position(|a| a == "--txqlen")
         .and_then(|i| args.get(i + 1)?.parse::<u32>().ok());
+    let relay_link_mbit = args
+        .iter()
+        .position(|a| a == "--relay-link-mbit")
+        .and_then(|i| args.get(i + 1)?.parse::<u32>().ok());
     let result = run::run(
         &mut lab,
         run::Options {
             with_perf,
             scope,
             txqlen,
+            relay_link_mbit,
         },
     );
     match &result {

@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -239,15 +239,17 @@ pub fn ping_rtts(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<Vec<f64>> {
 /// RTT samples (sorted, ms) of [`ping_rtts`] taken while one TCP stream from `from` to
 /// `to` runs (iperf3 server on `to`:`port`); the stream gets [`LOAD_WARMUP`] first and outlasts
 /// the pings.
-/// `queues` are the namespaces whose UDP socket queues are sampled once during the pings; the
-/// samples come back with the RTTs. `congestion` picks the stream's TCP congestion control
-/// (iperf3 -C), else the system's default.
+/// `queues` are the namespaces whose UDP socket queues are sampled once during the pings, and
+/// `procs` the named processes whose run-queue wait over the pings is reported; both come back
+/// with the RTTs. `congestion` picks the stream's TCP congestion control (iperf3 -C), else the
+/// system's default.
 pub fn ping_under_load(
     lab: &Lab,
     from: &Host,
     to: Ipv4Addr,
     port: u16,
     queues: &[&Host],
+    procs: &[(&str, u32)],
     congestion: Option<&str>,
 ) -> Result<(Vec<f64>, String)> {
     std::thread::scope(|s| {
@@ -262,8 +264,29 @@ pub fn ping_under_load(
             parts.push(format!("load sender: {}", tcp_sender(lab, from, port)));
             parts.join("; ")
         });
+        let waited_before: Vec<Option<Duration>> =
+            procs.iter().map(|&(_, p)| run_queue_wait(p).ok()).collect();
+        let t0 = Instant::now();
         let pings = ping_rtts(lab, from, to);
+        let wall = t0.elapsed();
+        let waits: Vec<String> = procs
+            .iter()
+            .zip(waited_before)
+            .map(
+                |(&(name, p), before)| match (before, run_queue_wait(p).ok()) {
+                    (Some(b), Some(a)) => format!(
+                        "{name} {:.0}%",
+                        100.0 * a.saturating_sub(b).as_secs_f64() / wall.as_secs_f64()
+                    ),
+                    _ => format!("{name} n/a"),
+                },
+            )
+            .collect();
         let sampled = sampler.join().unwrap_or_default();
+        let sampled = format!(
+            "{sampled}; run-queue wait during the pings (all threads, share of wall time): {}",
+            waits.join(", ")
+        );
         // The load's own outcome is reported, not required: a stalled stream (Nebula's relay
         // has done it) leaves idle-looking pings, which the note makes visible.
         let load = match stream.join() {
@@ -369,6 +392,27 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     // SAFETY: sysconf(3) has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     Ok(total / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// Time the threads of process `pid` have spent runnable but waiting for a CPU, summed
+/// (`/proc/PID/task/*/schedstat`, second field): how much a process was held up by the others
+/// sharing the machine's CPUs.
+pub fn run_queue_wait(pid: u32) -> Result<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing /proc/{pid}/task"))?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .context("malformed schedstat")?;
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 /// Resident set size (VmRSS) of process `pid`, bytes.

@@ -118,6 +118,8 @@ pub struct Options {
     pub scope: Scope,
     /// `txqueuelen` to set on Warren's TUN devices, if any.
     pub txqlen: Option<u32>,
+    /// Rate to shape the coordinator's link to, Mbit/s, if any.
+    pub relay_link_mbit: Option<u32>,
 }
 
 /// Builds the lab, measures, and returns the table.
@@ -126,6 +128,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
         with_perf,
         scope,
         txqlen,
+        relay_link_mbit,
     } = opts;
     for tool in ["iperf3", "nft"] {
         if which(tool).is_none() {
@@ -198,6 +201,13 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
     for n in &nodes {
         warren_ips.push(lab.wait_node_ready(n)?);
         crate::setup::set_txqlen(lab, n, txqlen)?;
+    }
+    if let Some(mbit) = relay_link_mbit {
+        crate::setup::shape_relay_link(lab, &coord.host, mbit)?;
+        table.note(format!(
+            "the coordinator's link is shaped to {mbit} Mbit/s each way out of its namespace \
+             (tc tbf, 2 ms queue; --relay-link-mbit)"
+        ));
     }
     if let Some(q) = txqlen {
         table.note(format!(
@@ -479,14 +489,22 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         m.rss_load = [usage4.peak_rss[0], usage4.peak_rss[1]];
         (m.udp, m.udp_steps) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
         m.rtt_ms = measure::median(&measure::ping_rtts(lab, &pair.a, t.b_ip)?);
-        let sides = [&pair.a, &pair.b];
+        let sides = [&pair.a, &pair.b, coord];
+        let procs = [("A", t.pids[0]), ("B", t.pids[1]), ("relay", t.relay_pid)];
         let (loaded, queues) =
-            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &sides, None)?;
+            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &sides, &procs, None)?;
         m.load_queues = queues;
         m.load_rtt_ms = measure::median(&loaded);
         m.load_rtt_max_ms = loaded.last().copied().unwrap_or(f64::NAN);
-        let (cubic, _) =
-            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &sides, Some("cubic"))?;
+        let (cubic, _) = measure::ping_under_load(
+            lab,
+            &pair.a,
+            t.b_ip,
+            IPERF_PORT,
+            &sides,
+            &procs,
+            Some("cubic"),
+        )?;
         m.cubic_load_rtt_ms = measure::median(&cubic);
         m.cubic_load_rtt_max_ms = cubic.last().copied().unwrap_or(f64::NAN);
         Ok(m)

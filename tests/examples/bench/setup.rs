@@ -66,3 +66,30 @@ pub fn set_txqlen(lab: &Lab, node: &Node, txqlen: Option<u32>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Shapes the coordinator's link to `mbit` Mbit/s each way out of its namespace (`tc` token
+/// bucket with a 2 ms queue of its own), like a small VPS: relayed traffic then waits where a
+/// real relay's would, in front of a link slower than the nodes' own.
+pub fn shape_relay_link(lab: &Lab, coord: &Host, mbit: u32) -> Result<()> {
+    let rate = format!("{mbit}mbit");
+    let args = [
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        "eth0",
+        "root",
+        "tbf",
+        "rate",
+        rate.as_str(),
+        "burst",
+        "32kb",
+        "latency",
+        "2ms",
+    ];
+    let out = lab.exec(&coord.ns, &args, Duration::from_secs(5))?;
+    if !out.success() {
+        bail!("{args:?} in {}: {}", coord.ns, out.stderr.trim());
+    }
+    Ok(())
+}
