@@ -236,6 +236,36 @@ pub fn ping_rtts(lab: &Lab, from: &Host, to: Ipv4Addr) -> Result<Vec<f64>> {
     Ok(rtts)
 }
 
+/// Runs `work` while one spinning process per CPU runs at the lowest priority (nice 19), so
+/// that no CPU goes idle but every other process still gets the CPU when it wants it. On a VM
+/// whose idle vCPUs halt without polling (this lab machine: `haltpoll.guest_halt_poll_ns=0`)
+/// every wake-up of an idle CPU costs tens of microseconds of the host's; pings measured this
+/// way leave that out and show the tunnel's own cost.
+pub fn with_busy_cpus<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// The spinners, killed however `work` ends.
+    struct Spinners(Vec<std::process::Child>);
+    impl Drop for Spinners {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut spinners = Spinners(Vec::with_capacity(cpus));
+    for _ in 0..cpus {
+        let child = std::process::Command::new("nice")
+            .args(["-n", "19", "sh", "-c", "while :; do :; done"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting a nice-19 spinner")?;
+        spinners.0.push(child);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    work()
+}
+
 /// RTT samples (sorted, ms) of [`ping_rtts`] taken while one TCP stream from `from` to
 /// `to` runs (iperf3 server on `to`:`port`); the stream gets [`LOAD_WARMUP`] first and outlasts
 /// the pings.

@@ -7,19 +7,13 @@ use anyhow::Result;
 
 use crate::measure;
 use crate::report::Table;
-use crate::run::{Metrics, Pair};
+use crate::run::{Metrics, Pair, Raw};
 
 /// Bytes in a megabyte (2^20, as `VmRSS` counts kB of 1024).
 const MB: f64 = 1024.0 * 1024.0;
 
 /// Appends one pair's rows (or n/a with the reason) to the table.
-pub fn add(
-    table: &mut Table,
-    pair: &Pair,
-    w: Result<Metrics>,
-    n: Result<Metrics>,
-    raw_rtt: Option<f64>,
-) {
+pub fn add(table: &mut Table, pair: &Pair, w: Result<Metrics>, n: Result<Metrics>, raw: Raw) {
     for (name, r) in [("warren", &w), ("nebula", &n)] {
         match r {
             Err(e) => table.note(format!("{} {name}: n/a: {e:#}", pair.path)),
@@ -93,7 +87,7 @@ pub fn add(
         3,
         true,
     );
-    latency_rows(table, p, &w, &n, raw_rtt);
+    latency_rows(table, p, &w, &n, raw);
     table.row(
         p,
         "CPU s/GB, both nodes",
@@ -169,7 +163,7 @@ fn latency_rows(
     p: &'static str,
     w: &Option<Metrics>,
     n: &Option<Metrics>,
-    raw_rtt: Option<f64>,
+    raw: Raw,
 ) {
     let g = |m: &Option<Metrics>, f: fn(&Metrics) -> f64| m.as_ref().map(f);
     table.row(
@@ -180,8 +174,17 @@ fn latency_rows(
         3,
         false,
     );
-    let added = |m: &Option<Metrics>| Some(m.as_ref()?.rtt_ms - raw_rtt?);
+    let added = |m: &Option<Metrics>| Some(m.as_ref()?.rtt_ms - raw.idle?);
     table.row(p, "added RTT vs raw (ms)", added(w), added(n), 3, false);
+    let busy = |m: &Option<Metrics>| Some(m.as_ref()?.busy_rtt_ms - raw.busy?);
+    table.row(
+        p,
+        "  the same, no CPU idle (ms)",
+        busy(w),
+        busy(n),
+        3,
+        false,
+    );
     let loaded: [(&str, Value); 4] = [
         ("ping under 1-stream load, median (ms)", |m| m.load_rtt_ms),
         ("ping under 1-stream load, max (ms)", |m| m.load_rtt_max_ms),
@@ -205,12 +208,7 @@ type Line = (&'static str, Value, usize, bool);
 
 /// Rows of Warren's direct pair on AES-256-GCM, against Nebula's direct figures (Nebula runs
 /// AES-256-GCM by default).
-pub fn add_aes(
-    table: &mut Table,
-    aes: Result<Metrics>,
-    nebula: Option<Metrics>,
-    raw_rtt: Option<f64>,
-) {
+pub fn add_aes(table: &mut Table, aes: Result<Metrics>, nebula: Option<Metrics>, raw: Raw) {
     let p = "dir/aes";
     let w = match aes {
         Ok(m) => Some(m),
@@ -245,5 +243,5 @@ pub fn add_aes(
     for (metric, f, decimals, higher) in rows {
         table.row(p, metric, g(&w, f), g(&n, f), decimals, higher);
     }
-    latency_rows(table, p, &w, &n, raw_rtt);
+    latency_rows(table, p, &w, &n, raw);
 }

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub udp_steps: Vec<(f64, f64)>,
     /// Median ping RTT through the tunnel, ms.
     pub rtt_ms: f64,
+    /// The same with no CPU idle ([`measure::with_busy_cpus`]), ms.
+    pub busy_rtt_ms: f64,
     /// Median ping RTT through the tunnel while one TCP stream A -> B runs, ms.
     pub load_rtt_ms: f64,
     /// Highest of those pings, ms.
@@ -107,6 +109,15 @@ pub enum Scope {
     Quick,
     /// Warren's relayed pair only (`--relayed`).
     Relayed,
+}
+
+/// Median RTT of the raw path between a pair's hosts, ms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Raw {
+    /// Measured as it is.
+    pub idle: Option<f64>,
+    /// Measured with no CPU idle ([`measure::with_busy_cpus`]).
+    pub busy: Option<f64>,
 }
 
 /// How the bench was asked to run.
@@ -240,20 +251,32 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
         measure::PING_INTERVAL,
         measure::default_congestion(),
     ));
+    table.note(format!(
+        "'no CPU idle': the same idle pings while one nice-19 spinner per CPU keeps every CPU \
+         busy, which leaves out what waking an idle CPU costs (guest halt polling here: {})",
+        halt_polling()
+    ));
     table.note(format!("load average before measuring: {}", loadavg()));
     let mut raws = Vec::new();
     let mut nebula_direct = None;
     for (i, pair) in pairs.iter().enumerate() {
-        let raw = measure::ping_rtts(lab, &pair.a, wan_of(lab, pair)?)
-            .map(|r| measure::median(&r))
-            .ok();
+        let wan = wan_of(lab, pair)?;
+        let median = |rtts: Result<Vec<f64>>| rtts.map(|r| measure::median(&r)).ok();
+        let raw = Raw {
+            idle: median(measure::ping_rtts(lab, &pair.a, wan)),
+            busy: median(measure::with_busy_cpus(|| {
+                measure::ping_rtts(lab, &pair.a, wan)
+            })),
+        };
         raws.push(raw);
+        let ms = |r: Option<f64>| r.map_or_else(|| "n/a".into(), |r| format!("{r:.3}"));
         table.note(format!(
-            "{}: raw RTT {} ms median = ping from A's namespace to site B's router WAN address \
-             (A -> A's NAT -> lab internet -> B's router; one veth hop short of B's node)",
+            "{}: raw RTT {} ms median ({} with no CPU idle) = ping from A's namespace to site \
+             B's router WAN address (A -> A's NAT -> lab internet -> B's router; one veth hop \
+             short of B's node)",
             pair.path,
-            raw.map(|r| format!("{r:.3}"))
-                .unwrap_or_else(|| "n/a".into())
+            ms(raw.idle),
+            ms(raw.busy),
         ));
         let (na, nb) = (&nodes[2 * i], &nodes[2 * i + 1]);
         let warren = Target {
@@ -371,6 +394,15 @@ fn peer_cipher(lab: &mut Lab, node: &Node, peer: &str) -> Result<String> {
 }
 
 /// The first three fields of `/proc/loadavg`.
+/// This VM's guest halt polling window (`haltpoll.guest_halt_poll_ns`): 0 means an idle vCPU
+/// halts at once and every wake-up goes through the host.
+fn halt_polling() -> String {
+    std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns").map_or_else(
+        |_| "not a haltpoll guest".into(),
+        |ns| format!("guest_halt_poll_ns={}", ns.trim()),
+    )
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -489,6 +521,9 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         m.rss_load = [usage4.peak_rss[0], usage4.peak_rss[1]];
         (m.udp, m.udp_steps) = measure::udp_search(lab, &pair.a, t.b_ip, IPERF_PORT)?;
         m.rtt_ms = measure::median(&measure::ping_rtts(lab, &pair.a, t.b_ip)?);
+        m.busy_rtt_ms = measure::median(&measure::with_busy_cpus(|| {
+            measure::ping_rtts(lab, &pair.a, t.b_ip)
+        })?);
         let sides = [&pair.a, &pair.b, coord];
         let procs = [("A", t.pids[0]), ("B", t.pids[1]), ("relay", t.relay_pid)];
         let (loaded, queues) =
