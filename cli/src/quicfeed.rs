@@ -21,12 +21,12 @@ pub type Datagram = (SocketAddr, Vec<u8>);
 /// first, then takes what else is queued without waiting, up to the number of slots. Pending
 /// while the queue is empty or closed (a closed queue means the endpoint is going away).
 /// A datagram longer than its slot is cut; QUIC then drops it.
-pub fn poll_channel<T>(
+pub fn poll_channel<T, B: AsRef<[u8]>>(
     rx: &Mutex<mpsc::Receiver<T>>,
     cx: &mut Context<'_>,
     bufs: &mut [IoSliceMut<'_>],
     meta: &mut [RecvMeta],
-    datagram: impl Fn(T) -> Datagram,
+    datagram: impl Fn(T) -> (SocketAddr, B),
 ) -> Poll<usize> {
     let mut rx = match rx.lock() {
         Ok(rx) => rx,
@@ -43,6 +43,7 @@ pub fn poll_channel<T>(
     let mut n = 0;
     while let Some(item) = next {
         let (from, bytes) = datagram(item);
+        let bytes = bytes.as_ref();
         let len = bytes.len().min(bufs[n].len());
         bufs[n][..len].copy_from_slice(&bytes[..len]);
         meta[n] = RecvMeta {

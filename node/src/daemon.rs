@@ -29,7 +29,7 @@ use warren_proto::noise::CipherSuite;
 use crate::aqm::{self, Managed, Queue, Ring};
 use crate::book::PeerBook;
 use crate::control::{CandidateSource, ControlEvent};
-use crate::dataio::{self, DataIo, GsoBatch, RecvBufs, RelayArena, ShellDrops, SHELL_DROPS};
+use crate::dataio::{self, DataIo, DatagramArena, GsoBatch, RecvBufs, ShellDrops, SHELL_DROPS};
 use crate::socket::{route, QuicInbox, Route};
 use crate::state::{self, SavedState};
 use crate::status::{path_report, Link, SelfStatus, StatusRequest};
@@ -92,7 +92,7 @@ pub struct Daemon {
     /// The GSO run being assembled (fast-path seals and [`Daemon::flush`]).
     batch: GsoBatch,
     /// Turns fast-path relay datagrams into quinn's `Bytes` without a heap allocation each.
-    relay_arena: RelayArena,
+    relay_arena: DatagramArena,
     /// Where local candidates come from.
     source: CandidateSource,
     /// The local candidates last seen.
@@ -176,7 +176,7 @@ impl Daemon {
             relay_max: None,
             paths_dirty: false,
             relay_too_large: 0,
-            relay_arena: RelayArena::default(),
+            relay_arena: DatagramArena::default(),
             rx_aqm: Managed::default(),
             tx_aqm: Managed::default(),
             ring: Ring::new(Instant::now()),

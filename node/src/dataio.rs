@@ -299,24 +299,25 @@ impl Default for GsoBatch {
     }
 }
 
-/// Bytes of a [`RelayArena`] buffer: about 48 full-size relay datagrams.
-const RELAY_ARENA: usize = 64 * 1024;
+/// Bytes of a [`DatagramArena`] buffer: about 48 full-size relay datagrams.
+const ARENA: usize = 64 * 1024;
 
-/// Where relay datagrams sealed by the engine's fast path become the `Bytes` quinn's
-/// `send_datagram` takes: copied into one buffer and split off, so the heap is touched once per
-/// [`RELAY_ARENA`] bytes instead of once per datagram. quinn holds each datagram until it is
-/// sent; once all of a buffer's datagrams are gone the buffer is reused.
+/// Where datagrams handed to quinn become `Bytes`: relay datagrams sealed by the engine's fast
+/// path (for `send_datagram`), and QUIC packets demultiplexed from the data socket (for the
+/// [`crate::socket::QuicInbox`]). Each is copied into one buffer and split off, so the heap is
+/// touched once per [`ARENA`] bytes instead of once per datagram. quinn holds each datagram
+/// until it has sent or read it; once all of a buffer's datagrams are gone the buffer is reused.
 #[derive(Debug, Default)]
-pub struct RelayArena {
+pub struct DatagramArena {
     /// The unsplit rest of the current buffer.
     buf: bytes::BytesMut,
 }
 
-impl RelayArena {
+impl DatagramArena {
     /// A datagram holding a copy of `datagram`.
     pub fn datagram(&mut self, datagram: &[u8]) -> bytes::Bytes {
         if self.buf.capacity() < datagram.len() {
-            self.buf.reserve(RELAY_ARENA.max(datagram.len()));
+            self.buf.reserve(ARENA.max(datagram.len()));
         }
         self.buf.extend_from_slice(datagram);
         self.buf.split().freeze()
@@ -466,18 +467,18 @@ mod tests {
 
     #[test]
     fn relay_datagrams_share_one_buffer() {
-        let mut arena = RelayArena::default();
+        let mut arena = DatagramArena::default();
         let a = arena.datagram(&[1; 1300]);
         let b = arena.datagram(&[2; 1300]);
         assert_eq!((&a[..], &b[..]), (&[1; 1300][..], &[2; 1300][..]));
         // Split off one buffer, back to back: no allocation per datagram.
         assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(1300));
         // A datagram larger than a buffer still fits.
-        let big = arena.datagram(&[3; RELAY_ARENA + 1]);
-        assert_eq!(big.len(), RELAY_ARENA + 1);
+        let big = arena.datagram(&[3; ARENA + 1]);
+        assert_eq!(big.len(), ARENA + 1);
         // Once quinn has dropped every datagram of a buffer, it is reused.
         drop((a, b, big));
-        let mut arena = RelayArena::default();
+        let mut arena = DatagramArena::default();
         let first = arena.datagram(&[4; 60_000]);
         let start = first.as_ptr();
         drop(first);

@@ -18,12 +18,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use warren_cli::quicfeed;
+
+use crate::dataio::DatagramArena;
 
 /// Socket buffer size asked of the kernel, in bytes; large buffers absorb bursts at multi-Gbit/s
 /// (the kernel caps it at net.core.{r,w}mem_max).
@@ -35,7 +38,7 @@ pub const QUIC_QUEUE: usize = 1024;
 pub const MAX_DATAGRAM: usize = 65_535;
 
 /// A QUIC datagram handed from the data-plane task to quinn: source address and bytes.
-pub type QuicDatagram = (SocketAddr, Vec<u8>);
+pub type QuicDatagram = (SocketAddr, Bytes);
 
 /// Where a received datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,12 +84,25 @@ fn grow_buffers(sock: &socket2::Socket) {
 }
 
 /// The way from the demultiplexer into quinn, admitting only the coordinator's addresses.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct QuicInbox {
     /// Queue read by [`QuicSocket::poll_recv`].
     tx: mpsc::Sender<QuicDatagram>,
     /// Addresses QUIC datagrams are accepted from (the coordinator's, set before connecting).
     allowed: Arc<RwLock<Vec<SocketAddr>>>,
+    /// Where queued datagrams are copied (relayed packets arrive this way: no allocation each).
+    arena: DatagramArena,
+}
+
+impl Clone for QuicInbox {
+    /// The same queue and addresses, with an arena of its own.
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            allowed: self.allowed.clone(),
+            arena: DatagramArena::default(),
+        }
+    }
 }
 
 impl QuicInbox {
@@ -102,7 +118,7 @@ impl QuicInbox {
 
     /// Hands a QUIC datagram to quinn without waiting; drops it if it is not from the
     /// coordinator or if quinn is behind (QUIC resends).
-    pub fn forward(&self, from: SocketAddr, datagram: &[u8]) {
+    pub fn forward(&mut self, from: SocketAddr, datagram: &[u8]) {
         let admitted = match self.allowed.read() {
             Ok(a) => a.contains(&from),
             Err(poisoned) => poisoned.into_inner().contains(&from),
@@ -111,7 +127,11 @@ impl QuicInbox {
             tracing::debug!(%from, "QUIC datagram from a stranger dropped");
             return;
         }
-        if self.tx.try_send((from, datagram.to_vec())).is_err() {
+        if self
+            .tx
+            .try_send((from, self.arena.datagram(datagram)))
+            .is_err()
+        {
             tracing::debug!(%from, "QUIC queue full or closed, datagram dropped");
         }
     }
@@ -121,7 +141,7 @@ impl QuicInbox {
 /// datagrams; anything else is dropped. Runs until aborted. Reads through quinn-udp, like the
 /// daemon's data plane: [`QuicSocket`] turns on UDP GRO, after which one read may return
 /// several datagrams coalesced (split here at the reported stride).
-pub async fn pump_quic_only(io: Arc<UdpSocket>, inbox: QuicInbox) {
+pub async fn pump_quic_only(io: Arc<UdpSocket>, mut inbox: QuicInbox) {
     let state = match UdpSocketState::new((&*io).into()) {
         Ok(state) => state,
         Err(e) => {
@@ -173,6 +193,7 @@ impl QuicSocket {
         let inbox = QuicInbox {
             tx,
             allowed: Arc::default(),
+            arena: DatagramArena::default(),
         };
         let state = UdpSocketState::new((&*io).into())?;
         Ok((
@@ -309,7 +330,7 @@ mod tests {
     #[tokio::test]
     async fn inbox_admits_only_the_coordinator() {
         let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let (sock, inbox) = QuicSocket::new(io).unwrap();
+        let (sock, mut inbox) = QuicSocket::new(io).unwrap();
         let coordinator: SocketAddr = "192.0.2.1:7443".parse().unwrap();
         let stranger: SocketAddr = "192.0.2.9:7443".parse().unwrap();
         inbox.forward(coordinator, &[0xc0, 1]);
@@ -317,8 +338,27 @@ mod tests {
         inbox.forward(stranger, &[0xc0, 2]);
         inbox.forward(coordinator, &[0xc0, 3]);
         let mut rx = sock.rx.lock().unwrap();
-        assert_eq!(rx.try_recv().unwrap(), (coordinator, vec![0xc0, 3]));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            (coordinator, Bytes::from_static(&[0xc0, 3]))
+        );
         assert!(rx.try_recv().is_err(), "nothing else was admitted");
+    }
+
+    #[tokio::test]
+    async fn queued_datagrams_share_one_buffer() {
+        // Relayed packets reach quinn this way: one heap buffer per 64 KiB, not per packet.
+        let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (sock, mut inbox) = QuicSocket::new(io).unwrap();
+        let coordinator: SocketAddr = "192.0.2.1:7443".parse().unwrap();
+        inbox.allow(&[coordinator]);
+        inbox.forward(coordinator, &[0xc0; 1300]);
+        inbox.forward(coordinator, &[0xc1; 1300]);
+        let mut rx = sock.rx.lock().unwrap();
+        let (_, a) = rx.try_recv().unwrap();
+        let (_, b) = rx.try_recv().unwrap();
+        assert_eq!((a[0], a.len(), b[0], b.len()), (0xc0, 1300, 0xc1, 1300));
+        assert_eq!(a.as_ptr() as usize + a.len(), b.as_ptr() as usize);
     }
 
     #[tokio::test]
@@ -327,7 +367,7 @@ mod tests {
         let srv_addr = srv.local_addr().unwrap();
         let io = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let local = io.local_addr().unwrap();
-        let (endpoint, inbox) = quic_endpoint(io.clone()).unwrap();
+        let (endpoint, mut inbox) = quic_endpoint(io.clone()).unwrap();
         inbox.allow(&[srv_addr]);
         // A demultiplexer like the daemon's: QUIC to quinn, the rest counted as data.
         let (data_tx, mut data_rx) = mpsc::channel::<Vec<u8>>(8);
