@@ -14,13 +14,11 @@ use quinn::udp::RecvMeta;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
-/// A datagram and where it came from.
-pub type Datagram = (SocketAddr, Vec<u8>);
-
-/// Moves queued datagrams into quinn's receive slots: waits (registering the waker) for the
-/// first, then takes what else is queued without waiting, up to the number of slots. Pending
-/// while the queue is empty or closed (a closed queue means the endpoint is going away).
-/// A datagram longer than its slot is cut; QUIC then drops it.
+/// Moves queued datagrams into quinn's receive slots (`datagram` turns a queued item into its
+/// source address and bytes): waits (registering the waker) for the first, then takes what
+/// else is queued without waiting, up to the number of slots. Pending while the queue is empty
+/// or closed (a closed queue means the endpoint is going away). A datagram longer than its
+/// slot is cut; QUIC then drops it.
 pub fn poll_channel<T, B: AsRef<[u8]>>(
     rx: &Mutex<mpsc::Receiver<T>>,
     cx: &mut Context<'_>,
@@ -99,7 +97,7 @@ mod tests {
 
     #[tokio::test]
     async fn drains_what_is_queued_up_to_the_slots() {
-        let (tx, rx) = mpsc::channel::<Datagram>(8);
+        let (tx, rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(8);
         let rx = Mutex::new(rx);
         let from: SocketAddr = "192.0.2.1:7".parse().unwrap();
         let waker = std::task::Waker::noop();
