@@ -33,7 +33,7 @@ mod setup;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use warren_lab::cmd::wait_for;
 use warren_lab::warren::{HTTP_PORT, QUIC_PORT};
 use warren_lab::{Coordinator, Lab};
@@ -57,6 +57,17 @@ fn main() {
         }
         return;
     }
+    let opts = match parse_args(std::env::args().skip(1)) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            eprintln!(
+                "usage: bench [--quick | --relayed] [--perf] [--txqlen N] [--relay-link-mbit N] \
+                 | bench --sweep"
+            );
+            std::process::exit(2);
+        }
+    };
     let t0 = Instant::now();
     let mut lab = match Lab::new("bench") {
         Ok(lab) => lab,
@@ -65,32 +76,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let with_perf = std::env::args().any(|a| a == "--perf");
-    let scope = if std::env::args().any(|a| a == "--quick") {
-        run::Scope::Quick
-    } else if std::env::args().any(|a| a == "--relayed") {
-        run::Scope::Relayed
-    } else {
-        run::Scope::Full
-    };
-    let args: Vec<String> = std::env::args().collect();
-    let txqlen = args
-        .iter()
-        .position(|a| a == "--txqlen")
-        .and_then(|i| args.get(i + 1)?.parse::<u32>().ok());
-    let relay_link_mbit = args
-        .iter()
-        .position(|a| a == "--relay-link-mbit")
-        .and_then(|i| args.get(i + 1)?.parse::<u32>().ok());
-    let result = run::run(
-        &mut lab,
-        run::Options {
-            with_perf,
-            scope,
-            txqlen,
-            relay_link_mbit,
-        },
-    );
+    let result = run::run(&mut lab, opts);
     match &result {
         Ok(table) => {
             println!("{table}");
@@ -106,6 +92,40 @@ fn main() {
     if result.is_err() {
         std::process::exit(1);
     }
+}
+
+/// The bench's options from its arguments (`--sweep` is handled before).
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<run::Options> {
+    let mut opts = run::Options {
+        with_perf: false,
+        scope: run::Scope::Full,
+        txqlen: None,
+        relay_link_mbit: None,
+    };
+    while let Some(arg) = args.next() {
+        let mut number = |flag: &str| -> Result<u32> {
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a number"))?;
+            value
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("{flag} {value:?}: not a positive whole number"))
+        };
+        match arg.as_str() {
+            "--perf" => opts.with_perf = true,
+            "--quick" | "--relayed" if opts.scope != run::Scope::Full => {
+                bail!("--quick and --relayed each pick the pairs; give one")
+            }
+            "--quick" => opts.scope = run::Scope::Quick,
+            "--relayed" => opts.scope = run::Scope::Relayed,
+            "--txqlen" => opts.txqlen = Some(number("--txqlen")?),
+            "--relay-link-mbit" => opts.relay_link_mbit = Some(number("--relay-link-mbit")?),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(opts)
 }
 
 /// Starts Warren's coordinator with the relay limits raised to the CLI maximum, and the mesh
