@@ -84,7 +84,9 @@ pub struct Metrics {
     pub cubic_load_rtt_ms: f64,
     /// Highest of those pings, ms.
     pub cubic_load_rtt_max_ms: f64,
-    /// UDP socket queues of both node namespaces sampled during those pings.
+    /// What was sampled during those pings: the stream's throughput, the UDP socket queues of
+    /// both node namespaces and the coordinator's, the stream's TCP RTT and window, and the
+    /// run-queue wait of both daemons and the relay.
     pub load_queues: String,
     /// CPU seconds of both daemons per GB moved (one stream A -> B).
     pub cpu_per_gb: f64,
