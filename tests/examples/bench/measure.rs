@@ -255,12 +255,24 @@ pub fn with_busy_cpus<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut spinners = Spinners(Vec::with_capacity(cpus));
     for _ in 0..cpus {
-        let child = std::process::Command::new("nice")
-            .args(["-n", "19", "sh", "-c", "while :; do :; done"])
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .context("starting a nice-19 spinner")?;
-        spinners.0.push(child);
+        let mut cmd = std::process::Command::new("nice");
+        cmd.args(["-n", "19", "sh", "-c", "while :; do :; done"])
+            .stdin(std::process::Stdio::null());
+        // A bench killed outright (no destructors) must not leave spinners behind: each one
+        // gets SIGKILL when the thread that started it ends.
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        spinners
+            .0
+            .push(cmd.spawn().context("starting a nice-19 spinner")?);
     }
     std::thread::sleep(Duration::from_millis(200));
     work()
