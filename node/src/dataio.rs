@@ -59,8 +59,8 @@ pub struct ShellDrops {
     pub udp_send_failed: AtomicU64,
     /// Relay datagrams larger than the control connection's current datagram size.
     pub relay_too_large: AtomicU64,
-    /// Bulk datagrams CoDel dropped before decryption because they had waited too long in the
-    /// socket's receive queue (see `warren_proto::codel`).
+    /// Bulk packets CoDel dropped before any crypto because they had waited too long in the
+    /// socket's receive queue or the TUN ring (see `crate::aqm`).
     pub queue_delay: AtomicU64,
 }
 
@@ -177,19 +177,15 @@ impl DataIo {
     /// the read itself happens synchronously once the socket is ready.
     pub async fn recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
         self.io
-            .async_io(Interest::READABLE, || self.read(bufs))
+            .async_io(Interest::READABLE, || self.try_recv(bufs))
             .await
     }
 
-    /// Reads a batch if one is waiting, without waiting (`WouldBlock` if none is). Asks the
-    /// socket itself rather than tokio's cached readiness, which a busy task refreshes only
-    /// when it yields: the point is to see datagrams that arrived while it was busy.
+    /// One `recvmmsg` into `bufs` if a batch is waiting, without waiting (`WouldBlock` if none
+    /// is). Asks the socket itself rather than tokio's cached readiness, which a busy task
+    /// refreshes only when it yields: the point is to see datagrams that arrived while it was
+    /// busy.
     pub fn try_recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
-        self.read(bufs)
-    }
-
-    /// One `recvmmsg` into `bufs`.
-    fn read(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
         let RecvBufs { bytes, meta } = bufs;
         let mut chunks = bytes.chunks_mut(SLOT);
         let mut iovs: [IoSliceMut<'_>; RECV_SLOTS] = std::array::from_fn(|_| {
