@@ -6,7 +6,13 @@
 //! the coordinator namespace; each node namespace runs a Warren node (`wrn0`) and a Nebula
 //! node (`neb0`). Each system is measured in turn on the same lab: iperf3 TCP one stream each
 //! way and four streams, UDP at <= 1 % loss, ping RTT, CPU seconds per GB, RSS idle and under
-//! load. The lab (namespaces, processes) is removed at the end, pass or fail.
+//! load. On the direct pair, more one-stream transfers follow with the two systems taking
+//! turns, and the table adds each system's median. The lab (namespaces, processes) is removed
+//! at the end, pass or fail.
+//!
+//! After the relayed pair, the coordinator is restarted with its default relay limits and the
+//! relayed pair is measured once more under them (`rel/lim` rows: throughput and pings under
+//! load).
 //!
 //! After both systems, Warren's direct pair is measured again with the mesh on AES-256-GCM: the
 //! coordinator is restarted with `--cipher aes-256-gcm` and both nodes with `warren up`, so that
@@ -128,10 +134,23 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<run::Options> {
     Ok(opts)
 }
 
-/// Starts Warren's coordinator with the relay limits raised to the CLI maximum, and the mesh
-/// cipher `cipher` (`serve --cipher`) when given. A coordinator already running on the same
-/// data dir must have been stopped.
-pub fn start_coordinator(lab: &mut Lab, cipher: Option<&str>) -> Result<Coordinator> {
+/// The relay limits a coordinator of the bench runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayLimits {
+    /// Raised to the CLI maximum: raw relay capacity.
+    Raised,
+    /// The coordinator's defaults, what a deployment gets.
+    Default,
+}
+
+/// Starts Warren's coordinator with the given relay limits, and the mesh cipher `cipher`
+/// (`serve --cipher`) when given. A coordinator already running on the same data dir must
+/// have been stopped.
+pub fn start_coordinator(
+    lab: &mut Lab,
+    cipher: Option<&str>,
+    limits: RelayLimits,
+) -> Result<Coordinator> {
     let bins = lab.bins()?;
     let host = lab.coordinator_host.clone();
     let data_dir = lab.dir().join("coordinator-data");
@@ -147,14 +166,18 @@ pub fn start_coordinator(lab: &mut Lab, cipher: Option<&str>) -> Result<Coordina
         &http.to_string(),
         "--public-addr",
         &quic.to_string(),
-        "--relay-rate-mbit",
-        &RELAY_RATE_MBIT.to_string(),
-        "--relay-rate-pps",
-        &RELAY_RATE_PPS.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if limits == RelayLimits::Raised {
+        args.extend([
+            "--relay-rate-mbit".to_string(),
+            RELAY_RATE_MBIT.to_string(),
+            "--relay-rate-pps".to_string(),
+            RELAY_RATE_PPS.to_string(),
+        ]);
+    }
     if let Some(c) = cipher {
         args.extend(["--cipher".to_string(), c.to_string()]);
     }

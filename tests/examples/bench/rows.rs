@@ -71,6 +71,31 @@ pub fn add(table: &mut Table, pair: &Pair, w: Result<Metrics>, n: Result<Metrics
         3,
         true,
     );
+    // The medians over the alternating rounds, where there were any (the direct pair of a full
+    // run): the rows to read the ratio from.
+    let rounds = [&w, &n]
+        .iter()
+        .map(|m| m.as_ref().map_or(0, |m| m.tcp_ab_runs.len()))
+        .min()
+        .unwrap_or(0);
+    if rounds > 1 {
+        table.row(
+            p,
+            format!("TCP 1 stream A->B, median of {rounds} (Gbit/s)"),
+            g(&w, |m| median_gbit(&m.tcp_ab_runs)),
+            g(&n, |m| median_gbit(&m.tcp_ab_runs)),
+            3,
+            true,
+        );
+        table.row(
+            p,
+            format!("TCP 1 stream B->A, median of {rounds} (Gbit/s)"),
+            g(&w, |m| median_gbit(&m.tcp_ba_runs)),
+            g(&n, |m| median_gbit(&m.tcp_ba_runs)),
+            3,
+            true,
+        );
+    }
     table.row(
         p,
         "TCP 4 streams A->B (Gbit/s)",
@@ -146,6 +171,13 @@ pub fn add(table: &mut Table, pair: &Pair, w: Result<Metrics>, n: Result<Metrics
         1,
         false,
     );
+}
+
+/// The median of transfer rates in bit/s, in Gbit/s.
+fn median_gbit(runs: &[f64]) -> f64 {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    measure::median(&sorted) / 1e9
 }
 
 /// A UDP search's steps: `offered Mbit/s (loss %)`.
@@ -244,4 +276,58 @@ pub fn add_aes(table: &mut Table, aes: Result<Metrics>, nebula: Option<Metrics>,
         table.row(p, metric, g(&w, f), g(&n, f), decimals, higher);
     }
     latency_rows(table, p, &w, &n, raw);
+}
+
+/// Rows of Warren's relayed pair under the coordinator's default relay limits, against
+/// Nebula's relayed figures (its relay has no limit).
+pub fn add_relay_limited(table: &mut Table, limited: Result<Metrics>, nebula: Option<Metrics>) {
+    let p = "rel/lim";
+    let w = match limited {
+        Ok(m) => {
+            table.note(format!(
+                "{p} rows: the relayed pair after restarting the coordinator without \
+                 --relay-rate-mbit/--relay-rate-pps, so with its default per-node relay limits \
+                 (what a deployment gets unless it raises them); Nebula's figures are its \
+                 relayed ones (its relay has no limit); UDP queues under the loaded pings: {}",
+                m.load_queues
+            ));
+            Some(m)
+        }
+        Err(e) => {
+            table.note(format!("{p} warren: n/a: {e:#}"));
+            None
+        }
+    };
+    let g = |m: &Option<Metrics>, f: fn(&Metrics) -> f64| m.as_ref().map(f);
+    let rows: [Line; 6] = [
+        ("TCP 1 stream A->B (Gbit/s)", |m| m.tcp_ab / 1e9, 3, true),
+        ("  its TCP retransmits (count)", |m| m.retransmits, 0, false),
+        (
+            "ping under 1-stream load, median (ms)",
+            |m| m.load_rtt_ms,
+            3,
+            false,
+        ),
+        (
+            "ping under 1-stream load, max (ms)",
+            |m| m.load_rtt_max_ms,
+            3,
+            false,
+        ),
+        (
+            "ping under CUBIC load, median (ms)",
+            |m| m.cubic_load_rtt_ms,
+            3,
+            false,
+        ),
+        (
+            "ping under CUBIC load, max (ms)",
+            |m| m.cubic_load_rtt_max_ms,
+            3,
+            false,
+        ),
+    ];
+    for (metric, f, decimals, higher) in rows {
+        table.row(p, metric, g(&w, f), g(&nebula, f), decimals, higher);
+    }
 }

@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use warren_lab::cmd::wait_for;
 use warren_lab::lab::which;
-use warren_lab::{Host, Lab, Node, SiteKind};
+use warren_lab::{Coordinator, Host, Lab, Node, SiteKind};
 
 use crate::measure::{self, Usage};
 use crate::nebula::Nebula;
 use crate::perf;
 use crate::report::Table;
+use crate::RelayLimits;
 
 /// iperf3 port of the servers (one at a time).
 const IPERF_PORT: u16 = 5201;
@@ -27,6 +28,13 @@ const PATH_SETTLE: Duration = Duration::from_secs(20);
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
 /// Bytes in a gigabyte (10^9, as in Gbit/s).
 const GB: f64 = 1e9;
+/// Extra rounds of one-stream transfers on the direct pair, Warren and Nebula taking turns,
+/// after both were measured: with the first transfer of each, the one-stream rows' medians
+/// come from `1 + ALTERNATE_ROUNDS` runs per system and direction. One run of each swings by
+/// up to a third (Nebula 0.57-0.88 Gbit/s in three full runs of session 4), and a machine
+/// that speeds up or slows down over the minutes between the two systems' turns weighs on
+/// both alike when they alternate.
+const ALTERNATE_ROUNDS: usize = 3;
 
 /// Two sites of one kind and the hosts on them.
 #[derive(Clone, Debug)]
@@ -65,6 +73,11 @@ pub struct Metrics {
     pub retransmits: f64,
     /// One TCP stream B -> A, bit/s.
     pub tcp_ba: f64,
+    /// Every one-stream A -> B transfer, bit/s: the first (`tcp_ab`) and those of
+    /// [`alternate_one_stream`].
+    pub tcp_ab_runs: Vec<f64>,
+    /// The same B -> A.
+    pub tcp_ba_runs: Vec<f64>,
     /// Four TCP streams A -> B, bit/s.
     pub tcp4: f64,
     /// Highest UDP rate with <= 1 % loss A -> B, bit/s.
@@ -149,7 +162,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
         }
     }
     let mut table = Table::default();
-    let mut coord = crate::start_coordinator(lab, None)?;
+    let mut coord = crate::start_coordinator(lab, None, RelayLimits::Raised)?;
     let neb = if scope != Scope::Full {
         None
     } else {
@@ -261,6 +274,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
     table.note(format!("load average before measuring: {}", loadavg()));
     let mut raws = Vec::new();
     let mut nebula_direct = None;
+    let mut nebula_relayed = None;
     for (i, pair) in pairs.iter().enumerate() {
         let wan = wan_of(lab, pair)?;
         let median = |rtts: Result<Vec<f64>>| rtts.map(|r| measure::median(&r)).ok();
@@ -288,7 +302,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
             perf_data: with_perf.then(|| lab.dir().join(format!("perf-warren-{}.data", pair.path))),
         };
         // Warren sets a tunnel up on demand: traffic first, then the path settles.
-        let w = match first_ping(lab, pair, warren.b_ip)
+        let mut w = match first_ping(lab, pair, warren.b_ip)
             .and_then(|_| wait_warren_path(lab, na, nb, pair))
         {
             Ok(seen) => {
@@ -302,23 +316,48 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
             pair.path,
             crate::drops::report(lab, &pair.a, &pair.b, [na, nb])
         ));
-        let n = match (&neb_nodes.get(2 * i..2 * i + 2), lighthouse_pid) {
-            (Some([wa, wb]), Some(relay_pid)) => {
-                let nebula = Target {
-                    b_ip: wb.ip,
-                    pids: [lab.proc(wa.proc).pid(), lab.proc(wb.proc).pid()],
-                    relay_pid,
-                    perf_data: with_perf
-                        .then(|| lab.dir().join(format!("perf-nebula-{}.data", pair.path))),
-                };
-                measure_target(lab, pair, &nebula, &coord.host)
-            }
-            _ => Err(anyhow::anyhow!("not measured (--quick or --relayed)")),
+        let nebula = match (&neb_nodes.get(2 * i..2 * i + 2), lighthouse_pid) {
+            (Some([wa, wb]), Some(relay_pid)) => Some(Target {
+                b_ip: wb.ip,
+                pids: [lab.proc(wa.proc).pid(), lab.proc(wb.proc).pid()],
+                relay_pid,
+                perf_data: with_perf
+                    .then(|| lab.dir().join(format!("perf-nebula-{}.data", pair.path))),
+            }),
+            _ => None,
         };
-        if i == 0 {
-            nebula_direct = n.as_ref().ok().cloned();
+        let mut n = match &nebula {
+            Some(nebula) => measure_target(lab, pair, nebula, &coord.host),
+            None => Err(anyhow::anyhow!("not measured (--quick or --relayed)")),
+        };
+        if let (0, Some(nebula), Ok(wm), Ok(nm)) = (i, &nebula, &mut w, &mut n) {
+            match alternate_one_stream(lab, pair, [&warren, nebula], [wm, nm]) {
+                Ok(()) => table.note(format!(
+                    "{}: one-stream runs, Warren and Nebula taking turns (Gbit/s): {}",
+                    pair.path,
+                    one_stream_runs(&w, &n)
+                )),
+                Err(e) => table.note(format!(
+                    "{}: the alternating one-stream rounds failed: {e:#}",
+                    pair.path
+                )),
+            }
+        }
+        match pair.path {
+            "direct" => nebula_direct = n.as_ref().ok().cloned(),
+            _ => nebula_relayed = n.as_ref().ok().cloned(),
         }
         crate::rows::add(&mut table, pair, w, n, raw);
+    }
+    if let Some(i) = pairs.iter().position(|p| p.path == "relayed") {
+        let limited = relay_limited(
+            lab,
+            &mut coord,
+            &pairs[i],
+            [&nodes[2 * i], &nodes[2 * i + 1]],
+            warren_ips[2 * i + 1],
+        );
+        crate::rows::add_relay_limited(&mut table, limited, nebula_relayed);
     }
     if scope == Scope::Relayed {
         return Ok(table);
@@ -327,7 +366,7 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
     let pair = &pairs[0];
     let aes = (|| -> Result<Metrics> {
         lab.proc_mut(coord.proc).stop();
-        coord = crate::start_coordinator(lab, Some("aes-256-gcm"))?;
+        coord = crate::start_coordinator(lab, Some("aes-256-gcm"), RelayLimits::Raised)?;
         for n in nodes.iter_mut().take(2) {
             *n = lab.restart_node_with_up(n, &format!("node-{}-aes", n.name))?;
         }
@@ -473,20 +512,8 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         ],
         ..Metrics::default()
     };
-    let iperf3 = which("iperf3").context("iperf3 on PATH")?;
-    let args: Vec<String> = [
-        "-s",
-        "-B",
-        &t.b_ip.to_string(),
-        "-p",
-        &IPERF_PORT.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let server = lab.spawn(&format!("iperf3-{}", t.b_ip), &pair.b.ns, &iperf3, &args)?;
+    let server = iperf_server(lab, pair, t.b_ip)?;
     let result = (|| -> Result<Metrics> {
-        std::thread::sleep(Duration::from_millis(500));
         let rx0 = coordinator_rx(lab, coord)?;
         let relay_cpu0 = measure::cpu_seconds(t.relay_pid)?;
         let recording = match &t.perf_data {
@@ -516,6 +543,8 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         m.relay_cpu_per_gb = relay_cpu / (ab.bytes / GB);
         m.via_coordinator = rx / ab.bytes;
         m.tcp_ba = measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, true, 1, None)?.bps;
+        m.tcp_ab_runs = vec![m.tcp_ab];
+        m.tcp_ba_runs = vec![m.tcp_ba];
         let (four, usage4) = measure::with_usage(&t.pids, || {
             measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, false, 4, None)
         })?;
@@ -526,26 +555,137 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         m.busy_rtt_ms = measure::median(&measure::with_busy_cpus(|| {
             measure::ping_rtts(lab, &pair.a, t.b_ip)
         })?);
-        let sides = [&pair.a, &pair.b, coord];
-        let procs = [("A", t.pids[0]), ("B", t.pids[1]), ("relay", t.relay_pid)];
-        let (loaded, queues) =
-            measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &sides, &procs, None)?;
-        m.load_queues = queues;
-        m.load_rtt_ms = measure::median(&loaded);
-        m.load_rtt_max_ms = loaded.last().copied().unwrap_or(f64::NAN);
-        let (cubic, _) = measure::ping_under_load(
-            lab,
-            &pair.a,
-            t.b_ip,
-            IPERF_PORT,
-            &sides,
-            &procs,
-            Some("cubic"),
-        )?;
-        m.cubic_load_rtt_ms = measure::median(&cubic);
-        m.cubic_load_rtt_max_ms = cubic.last().copied().unwrap_or(f64::NAN);
+        loaded_pings(lab, pair, t, coord, &mut m)?;
         Ok(m)
     })();
     lab.proc_mut(server).stop();
     result
+}
+
+/// Pings under a one-stream load, with the default congestion control and with CUBIC, into
+/// `m`; an iperf3 server must be listening on `t.b_ip`.
+fn loaded_pings(lab: &Lab, pair: &Pair, t: &Target, coord: &Host, m: &mut Metrics) -> Result<()> {
+    let sides = [&pair.a, &pair.b, coord];
+    let procs = [("A", t.pids[0]), ("B", t.pids[1]), ("relay", t.relay_pid)];
+    let (loaded, queues) =
+        measure::ping_under_load(lab, &pair.a, t.b_ip, IPERF_PORT, &sides, &procs, None)?;
+    m.load_queues = queues;
+    m.load_rtt_ms = measure::median(&loaded);
+    m.load_rtt_max_ms = loaded.last().copied().unwrap_or(f64::NAN);
+    let (cubic, _) = measure::ping_under_load(
+        lab,
+        &pair.a,
+        t.b_ip,
+        IPERF_PORT,
+        &sides,
+        &procs,
+        Some("cubic"),
+    )?;
+    m.cubic_load_rtt_ms = measure::median(&cubic);
+    m.cubic_load_rtt_max_ms = cubic.last().copied().unwrap_or(f64::NAN);
+    Ok(())
+}
+
+/// Warren's relayed pair again after restarting the coordinator with its default relay limits
+/// (what a deployment gets): one stream A -> B, and pings under load. Leaves `coord` running
+/// with the default limits.
+fn relay_limited(
+    lab: &mut Lab,
+    coord: &mut Coordinator,
+    pair: &Pair,
+    [na, nb]: [&Node; 2],
+    b_ip: Ipv4Addr,
+) -> Result<Metrics> {
+    lab.proc_mut(coord.proc).stop();
+    *coord = crate::start_coordinator(lab, None, RelayLimits::Default)?;
+    first_ping(lab, pair, b_ip)?;
+    wait_warren_path(lab, na, nb, pair)?;
+    let t = Target {
+        b_ip,
+        pids: [lab.proc(na.proc).pid(), lab.proc(nb.proc).pid()],
+        relay_pid: lab.proc(coord.proc).pid(),
+        perf_data: None,
+    };
+    let server = iperf_server(lab, pair, b_ip)?;
+    let result = (|| -> Result<Metrics> {
+        let ab = measure::tcp(lab, &pair.a, b_ip, IPERF_PORT, false, 1, None)?;
+        let mut m = Metrics {
+            tcp_ab: ab.bps,
+            retransmits: ab.retransmits,
+            ..Metrics::default()
+        };
+        loaded_pings(lab, pair, &t, &coord.host, &mut m)?;
+        Ok(m)
+    })();
+    lab.proc_mut(server).stop();
+    result
+}
+
+/// Starts an iperf3 server on `b_ip` in site B's host and gives it time to listen; returns its
+/// process id in the lab (stop it when done).
+fn iperf_server(lab: &mut Lab, pair: &Pair, b_ip: Ipv4Addr) -> Result<usize> {
+    let iperf3 = which("iperf3").context("iperf3 on PATH")?;
+    let args: Vec<String> = ["-s", "-B", &b_ip.to_string(), "-p", &IPERF_PORT.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let server = lab.spawn(&format!("iperf3-{b_ip}"), &pair.b.ns, &iperf3, &args)?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(server)
+}
+
+/// [`ALTERNATE_ROUNDS`] rounds of one-stream transfers on both systems' tunnels of `pair`,
+/// taking turns (A -> B on each, then B -> A on each); appends them to each system's runs.
+fn alternate_one_stream(
+    lab: &mut Lab,
+    pair: &Pair,
+    targets: [&Target; 2],
+    metrics: [&mut Metrics; 2],
+) -> Result<()> {
+    let mut servers = Vec::new();
+    let result = (|| -> Result<()> {
+        for t in targets {
+            servers.push(iperf_server(lab, pair, t.b_ip)?);
+        }
+        let [wm, nm] = metrics;
+        for _ in 0..ALTERNATE_ROUNDS {
+            for reverse in [false, true] {
+                for (t, m) in targets.iter().zip([&mut *wm, &mut *nm]) {
+                    let bps = measure::tcp(lab, &pair.a, t.b_ip, IPERF_PORT, reverse, 1, None)?.bps;
+                    if reverse {
+                        m.tcp_ba_runs.push(bps);
+                    } else {
+                        m.tcp_ab_runs.push(bps);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    for s in servers {
+        lab.proc_mut(s).stop();
+    }
+    result
+}
+
+/// Both systems' one-stream runs, for the notes.
+fn one_stream_runs(w: &Result<Metrics>, n: &Result<Metrics>) -> String {
+    let list = |runs: &[f64]| {
+        runs.iter()
+            .map(|b| format!("{:.2}", b / 1e9))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    [("warren", w), ("nebula", n)]
+        .iter()
+        .filter_map(|(name, m)| m.as_ref().ok().map(|m| (name, m)))
+        .map(|(name, m)| {
+            format!(
+                "{name} A->B {}, B->A {}",
+                list(&m.tcp_ab_runs),
+                list(&m.tcp_ba_runs)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
