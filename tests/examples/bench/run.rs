@@ -255,11 +255,12 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
          AES-256-GCM everywhere",
     );
     table.note(format!(
-        "TCP: iperf3 -t {} (receiver's bytes); UDP: iperf3 -u -l 1200, {}-step rate search, best \
-         received rate with <= {}% loss (start 500 Mbit/s); CPU: utime+stime of both node daemons over the one-stream \
-         A->B transfer, per GB received; ping under load: {} pings -i {} s while one TCP stream \
+        "TCP: iperf3 -t {} (receiver's bytes); UDP: iperf3 -u -l 1200 -w {}, {}-step rate \
+         search, best received rate with <= {}% loss (start 500 Mbit/s); CPU: utime+stime of \
+         both node daemons over the one-stream A->B transfer, per GB received; ping under load: {} pings -i {} s while one TCP stream \
          A->B runs, with this machine's default congestion control ({}) and with CUBIC (iperf3 -C cubic)",
         measure::TCP_SECONDS,
+        measure::UDP_SOCKET_BUFFER,
         measure::UDP_STEPS,
         measure::UDP_MAX_LOSS,
         measure::PING_COUNT,
