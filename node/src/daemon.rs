@@ -37,13 +37,16 @@ use crate::tunio::TunIo;
 
 /// TUN reads handled per turn before the socket's side is served; bounds how long a datagram
 /// (an ack, a ping reply) waits behind a bulk send while amortising the flush (UDP reads are
-/// batched by `recvmmsg` in [`DataIo`]). A read may return a 64 KiB TSO super-packet, so 32
-/// reads are up to 2 MiB, about a millisecond of ChaCha20. Lab bench, one TCP stream, ping
-/// under load: 128 gave 1.35 ms median (ChaCha) and 1.08 (AES), 64 gave 1.19 and 0.73 at the
-/// same throughput. Later, with CoDel on both queues, under a CUBIC stream: 64 gave 0.55-0.67 ms
-/// median, 32 gave 0.31-0.33 (AES 0.22-0.33), 16 gave 0.27 but cost 3% of ChaCha throughput
-/// and 6% more CPU per GB; 32 cost none (two quick benches each).
-const TUN_BATCH: usize = 32;
+/// batched by `recvmmsg` in [`DataIo`]). A read may return a 64 KiB TSO super-packet, so 8
+/// reads are up to 512 KiB, about a quarter of a millisecond of ChaCha20. Lab bench, one TCP
+/// stream, ping under load: 128 gave 1.35 ms median (ChaCha) and 1.08 (AES), 64 gave 1.19 and
+/// 0.73 at the same throughput. Later, with CoDel on both queues, under a CUBIC stream: 64 gave
+/// 0.55-0.67 ms median, 32 gave 0.31-0.33 (AES 0.22-0.33). Then, under the default BBR stream
+/// (four quick benches each, alternating): 32 gave a highest ping of 3.2-4.2 ms (ChaCha), 8 gave
+/// 1.6-3.1, at the same throughput (4.12 / 4.14 against 4.26 / 4.15 Gbit/s mean) and CPU per
+/// GB (2.95 against 2.91 s); 4 gave 2.5-3.4. The acks that wait in the socket while a turn
+/// seals reach TCP in a burst, and BBR sizes its window for such bursts.
+const TUN_BATCH: usize = 8;
 /// Relay datagrams handled per wake-up (the one that woke the loop and those already queued on
 /// the control connection) before the engine's output is flushed; like [`TUN_BATCH`] it bounds
 /// latency while letting decrypted packets reach TUN in coalesced runs.
