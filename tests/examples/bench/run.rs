@@ -257,8 +257,9 @@ pub fn run(lab: &mut Lab, opts: Options) -> Result<Table> {
     table.note(format!(
         "TCP: iperf3 -t {} (receiver's bytes); UDP: iperf3 -u -l 1200 -w {}, {}-step rate \
          search, best received rate with <= {}% loss (start 500 Mbit/s); CPU: utime+stime of \
-         both node daemons over the one-stream A->B transfer, per GB received; ping under load: {} pings -i {} s while one TCP stream \
-         A->B runs, with this machine's default congestion control ({}) and with CUBIC (iperf3 -C cubic)",
+         both node daemons over the one-stream A->B transfer, per GB received; ping under \
+         load: {} pings -i {} s while one TCP stream A->B runs, with this machine's default \
+         congestion control ({}) and with CUBIC (iperf3 -C cubic)",
         measure::TCP_SECONDS,
         measure::UDP_SOCKET_BUFFER,
         measure::UDP_STEPS,
