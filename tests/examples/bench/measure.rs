@@ -21,9 +21,10 @@ const UDP_LEN: u32 = 1200;
 /// Socket buffer of both iperf3 ends in the UDP steps (`iperf3 -w`). With the default
 /// (net.core.rmem_default, 208 KiB here) the receiving iperf3 drops what it cannot read in
 /// time: Warren hands UDP to the kernel coalesced, up to about 50 datagrams per TUN write, and
-/// on the demo mesh 1.2 Gbit/s lost 12% in iperf3's socket (`RcvbufErrors` in B's namespace;
-/// none in Warren or on either TUN device), while 416 KiB lost 0.4% at 2 Gbit/s. The row is
-/// about the tunnel, so both systems get a buffer that does not limit them.
+/// on the demo mesh 1.2 Gbit/s lost 12%, 99% of it in iperf3's socket (120,742 `RcvbufErrors`
+/// in B's namespace against 718 `tx_dropped` on A's TUN device and none in Warren's counters),
+/// while 416 KiB lost 0.4% at 2 Gbit/s. The row is about the tunnel, so both systems get a
+/// buffer that does not limit them.
 pub const UDP_SOCKET_BUFFER: &str = "4M";
 /// Highest loss still counted as "no loss" in the UDP search, in percent.
 pub const UDP_MAX_LOSS: f64 = 1.0;
