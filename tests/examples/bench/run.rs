@@ -18,7 +18,7 @@ use crate::perf;
 use crate::report::Table;
 use crate::RelayLimits;
 
-/// iperf3 port of the servers (one at a time).
+/// iperf3 port of the servers (each bound to its system's overlay address).
 const IPERF_PORT: u16 = 5201;
 /// How long a tunnel gets to carry its first ping.
 const FIRST_PING: Duration = Duration::from_secs(40);
@@ -436,7 +436,6 @@ fn peer_cipher(lab: &mut Lab, node: &Node, peer: &str) -> Result<String> {
     Ok(p["cipher"].as_str().unwrap_or("none").to_string())
 }
 
-/// The first three fields of `/proc/loadavg`.
 /// This VM's guest halt polling window (`haltpoll.guest_halt_poll_ns`): 0 means an idle vCPU
 /// halts at once and every wake-up goes through the host.
 fn halt_polling() -> String {
@@ -446,6 +445,7 @@ fn halt_polling() -> String {
     )
 }
 
+/// The first three fields of `/proc/loadavg`.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -514,8 +514,7 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         ],
         ..Metrics::default()
     };
-    let server = iperf_server(lab, pair, t.b_ip)?;
-    let result = (|| -> Result<Metrics> {
+    with_iperf_servers(lab, pair, &[t.b_ip], |lab| {
         let rx0 = coordinator_rx(lab, coord)?;
         let relay_cpu0 = measure::cpu_seconds(t.relay_pid)?;
         let recording = match &t.perf_data {
@@ -559,9 +558,7 @@ fn measure_target(lab: &mut Lab, pair: &Pair, t: &Target, coord: &Host) -> Resul
         })?);
         loaded_pings(lab, pair, t, coord, &mut m)?;
         Ok(m)
-    })();
-    lab.proc_mut(server).stop();
-    result
+    })
 }
 
 /// Pings under a one-stream load, with the default congestion control and with CUBIC, into
@@ -608,8 +605,7 @@ fn relay_limited(
         relay_pid: lab.proc(coord.proc).pid(),
         perf_data: None,
     };
-    let server = iperf_server(lab, pair, b_ip)?;
-    let result = (|| -> Result<Metrics> {
+    with_iperf_servers(lab, pair, &[b_ip], |lab| {
         let ab = measure::tcp(lab, &pair.a, b_ip, IPERF_PORT, false, 1, None)?;
         let mut m = Metrics {
             tcp_ab: ab.bps,
@@ -618,22 +614,34 @@ fn relay_limited(
         };
         loaded_pings(lab, pair, &t, &coord.host, &mut m)?;
         Ok(m)
-    })();
-    lab.proc_mut(server).stop();
-    result
+    })
 }
 
-/// Starts an iperf3 server on `b_ip` in site B's host and gives it time to listen; returns its
-/// process id in the lab (stop it when done).
-fn iperf_server(lab: &mut Lab, pair: &Pair, b_ip: Ipv4Addr) -> Result<usize> {
-    let iperf3 = which("iperf3").context("iperf3 on PATH")?;
-    let args: Vec<String> = ["-s", "-B", &b_ip.to_string(), "-p", &IPERF_PORT.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let server = lab.spawn(&format!("iperf3-{b_ip}"), &pair.b.ns, &iperf3, &args)?;
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(server)
+/// Runs `work` while an iperf3 server listens on each of `ips` in site B's host (after giving
+/// them time to listen); the servers are stopped however `work` ends.
+fn with_iperf_servers<T>(
+    lab: &mut Lab,
+    pair: &Pair,
+    ips: &[Ipv4Addr],
+    work: impl FnOnce(&Lab) -> Result<T>,
+) -> Result<T> {
+    let mut servers = Vec::new();
+    let result = (|| -> Result<T> {
+        let iperf3 = which("iperf3").context("iperf3 on PATH")?;
+        for ip in ips {
+            let args: Vec<String> = ["-s", "-B", &ip.to_string(), "-p", &IPERF_PORT.to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            servers.push(lab.spawn(&format!("iperf3-{ip}"), &pair.b.ns, &iperf3, &args)?);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        work(lab)
+    })();
+    for s in servers {
+        lab.proc_mut(s).stop();
+    }
+    result
 }
 
 /// [`ALTERNATE_ROUNDS`] rounds of one-stream transfers on both systems' tunnels of `pair`,
@@ -642,14 +650,9 @@ fn alternate_one_stream(
     lab: &mut Lab,
     pair: &Pair,
     targets: [&Target; 2],
-    metrics: [&mut Metrics; 2],
+    [wm, nm]: [&mut Metrics; 2],
 ) -> Result<()> {
-    let mut servers = Vec::new();
-    let result = (|| -> Result<()> {
-        for t in targets {
-            servers.push(iperf_server(lab, pair, t.b_ip)?);
-        }
-        let [wm, nm] = metrics;
+    with_iperf_servers(lab, pair, &[targets[0].b_ip, targets[1].b_ip], |lab| {
         for _ in 0..ALTERNATE_ROUNDS {
             for reverse in [false, true] {
                 for (t, m) in targets.iter().zip([&mut *wm, &mut *nm]) {
@@ -663,11 +666,7 @@ fn alternate_one_stream(
             }
         }
         Ok(())
-    })();
-    for s in servers {
-        lab.proc_mut(s).stop();
-    }
-    result
+    })
 }
 
 /// Both systems' one-stream runs, for the notes.
